@@ -1,0 +1,117 @@
+# cdnfs - a FUSE filesystem that mounts an S3 bucket for CDN-served assets.
+#
+#   make            build ./cdnfs
+#   make check      build, install test dependencies, run unit + integration tests
+#   make asan       the same suite under AddressSanitizer + UBSan (build-asan/)
+#   make unit       unit tests only
+#   make deps       install the Debian packages the build needs
+#   make test-deps  install the Debian packages the tests need
+#   make demo       collectstatic onto a local S3 server, shown step by step
+#   make install    PREFIX=/usr/local DESTDIR=
+#   make clean | format | lint
+#
+# Knobs: SANITIZE=1 (asan+ubsan), DEVELOPER=0 (drop -Werror), BUILD=dir, CC=clang.
+
+VERSION   := 0.1.0
+PREFIX    ?= /usr/local
+DESTDIR   ?=
+CC        ?= cc
+BUILD     ?= build
+DEVELOPER ?= 1
+SANITIZE  ?=
+
+PKGS      := fuse3 libcurl openssl zlib libbrotlienc libbrotlidec libxml-2.0
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+
+WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+	-Wformat=2 -Wwrite-strings -Wvla -Wno-format-nonliteral
+ifeq ($(DEVELOPER),1)
+WARN += -Werror
+endif
+OPT ?= -O2 -g
+CFLAGS_ALL := -std=c11 -D_GNU_SOURCE -DFUSE_USE_VERSION=314 -DCDNFS_VERSION='"$(VERSION)"' \
+	$(OPT) $(WARN) -Iinclude -pthread $(PKG_CFLAGS) $(CFLAGS)
+LDFLAGS_ALL := -pthread $(LDFLAGS)
+ifneq ($(SANITIZE),)
+CFLAGS_ALL += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+LDFLAGS_ALL += -fsanitize=address,undefined
+endif
+
+CORE_SRC := $(wildcard core/*.c)
+S3_SRC   := $(wildcard s3/*.c)
+CDN_SRC  := $(wildcard cdn/*.c)
+FS_SRC   := $(filter-out fs/main.c,$(wildcard fs/*.c))
+LIB_SRC  := $(CORE_SRC) $(S3_SRC) $(CDN_SRC) $(FS_SRC)
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+UNIT_SRC := $(wildcard tests/unit/test_*.c)
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+
+.PHONY: all check asan unit deps test-deps demo install clean format lint bench fuzz integration
+
+all: cdnfs
+
+ifeq ($(BUILD),build)
+cdnfs: $(BUILD)/cdnfs
+	cp $< $@
+else
+cdnfs: $(BUILD)/cdnfs
+endif
+
+$(BUILD)/libcdnfs.a: $(LIB_OBJ)
+	@mkdir -p $(@D)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/cdnfs: $(BUILD)/fs/main.o $(BUILD)/libcdnfs.a
+	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(PKG_LIBS)
+
+$(BUILD)/%.o: %.c $(wildcard include/*.h) $(wildcard fs/*.h s3/*.h cdn/*.h core/*.h)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_ALL) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/tap.h $(BUILD)/libcdnfs.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS_ALL) -Itests/unit -o $@ $< $(BUILD)/libcdnfs.a $(LDFLAGS_ALL) $(PKG_LIBS)
+
+unit: $(UNIT_BIN)
+	@tests/run-unit $(UNIT_BIN)
+
+deps:
+	tests/deps.sh build
+
+test-deps:
+	tests/deps.sh test
+
+# The whole suite: unit tests, then integration tests through a real mount
+# against a throwaway Ceph RADOS Gateway.  The last line is the count.
+check: test-deps $(BUILD)/cdnfs $(UNIT_BIN)
+	@CDNFS_BIN=$(abspath $(BUILD)/cdnfs) tests/run-all $(UNIT_BIN)
+
+integration: test-deps $(BUILD)/cdnfs
+	@CDNFS_BIN=$(abspath $(BUILD)/cdnfs) tests/run-all
+
+asan:
+	$(MAKE) BUILD=build-asan SANITIZE=1 OPT="-O1 -g" check
+
+demo: $(BUILD)/cdnfs
+	tests/deps.sh test
+	CDNFS_BIN=$(abspath $(BUILD)/cdnfs) contrib/demo.sh
+
+bench: $(BUILD)/cdnfs
+	CDNFS_BIN=$(abspath $(BUILD)/cdnfs) bench/run
+
+install: cdnfs
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5
+	install -m 0755 cdnfs $(DESTDIR)$(PREFIX)/bin/cdnfs
+	install -m 0644 man/cdnfs.1 $(DESTDIR)$(PREFIX)/share/man/man1/cdnfs.1
+	if [ -f man/cdnfs.conf.5 ]; then install -m 0644 man/cdnfs.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/cdnfs.conf.5; fi
+
+clean:
+	rm -rf build build-asan cdnfs
+
+format:
+	clang-format -i $(wildcard core/*.[ch] s3/*.[ch] cdn/*.[ch] fs/*.[ch] include/*.h tests/unit/*.[ch])
+
+lint:
+	cppcheck --quiet --error-exitcode=1 --enable=warning,portability -Iinclude -D_GNU_SOURCE core s3 cdn fs
+	if command -v mandoc >/dev/null; then mandoc -T lint -W warning man/*.[15]; fi
