@@ -67,7 +67,8 @@ $(BUILD)/cdnfs: $(BUILD)/fs/main.o $(BUILD)/libcdnfs.a
 
 $(BUILD)/%.o: %.c $(wildcard include/*.h) $(wildcard fs/*.h s3/*.h cdn/*.h core/*.h)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS_ALL) -c -o $@ $<
+	@echo "  CC      $<"
+	@$(CC) $(CFLAGS_ALL) -c -o $@ $<
 
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/tap.h $(BUILD)/libcdnfs.a
 	@mkdir -p $(@D)

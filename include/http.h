@@ -73,6 +73,7 @@ struct http_req {
 
 	int no_retry;                /* a single attempt */
 	long timeout_s;              /* override conf timeout_s for this request if > 0 */
+	long connect_timeout_ms;     /* override conf connect_timeout_ms if > 0 */
 };
 
 struct http_resp {

@@ -17,10 +17,29 @@
  *    the caller includes host, x-amz-date, x-amz-content-sha256 (S3) and
  *    x-amz-security-token (temporary credentials) itself.
  *  - amz_date is "YYYYMMDDTHHMMSSZ" (sigv4_amz_date formats one).
+ *  - header values are trimmed and runs of spaces/tabs collapsed to one
+ *    space; headers named alike (any case) are combined with ',' in the
+ *    order given.  Query parameters are sorted by encoded name, then by
+ *    encoded value (so repeated names are allowed).
  *
- * Every function returns 0 on success or -errno (-ENOMEM, -E2BIG, -EINVAL).
- * Output strings are appended to a caller-owned struct buf.
- * Threads: all functions are reentrant.
+ * Every int function returns 0 on success or -errno: -ENOMEM, -E2BIG (the
+ * output buffer's cap), -EINVAL for input that cannot be signed or sent:
+ *    method not an HTTP token; path not starting with '/' or holding a byte
+ *    that must be percent-encoded (space, controls, '?', '#', non-ASCII);
+ *    header name not a token or value with CR/LF; payload_hash empty or not
+ *    [0-9A-Za-z-]; amz_date not YYYYMMDDTHHMMSSZ; region/service/access key
+ *    empty or holding '/' or whitespace; secret empty; expires_s not in
+ *    1..604800 (S3's limit of 7 days); NULL where an array is needed.
+ * Output strings are appended to a caller-owned struct buf; as with buf.h,
+ * a failing call releases that buf (no half-built value is left in it).
+ * The void hash functions cannot report an OpenSSL failure (only possible
+ * on allocation failure): sigv4_sha256_hex and sigv4_signature then write
+ * "" (which every signing function rejects with -EINVAL) and
+ * sigv4_signing_key writes 32 zero bytes.  The composite functions
+ * (string_to_sign, authorization, presign_query) use checked internals and
+ * return -ENOMEM instead.
+ * Secrets: secret-derived bytes are wiped (OPENSSL_cleanse) before return.
+ * Threads: all functions are reentrant; no state, no locks.
  */
 #ifndef CDNFS_SIGV4_H
 #define CDNFS_SIGV4_H
@@ -61,7 +80,8 @@ struct sigv4_scope {
 	const char *service;  /* "s3", "cloudfront" */
 };
 
-/* Format t (UTC) as YYYYMMDDTHHMMSSZ into out[17]. */
+/* Format t (UTC) as YYYYMMDDTHHMMSSZ into out[17]; "" if t's year is
+ * outside 1000..9999. */
 void sigv4_amz_date(time_t t, char out[17]);
 
 /* Percent-encode s per SigV4: unreserved A-Za-z0-9-._~ kept, everything else
@@ -80,7 +100,8 @@ int sigv4_canonical_request(struct buf *out, const struct sigv4_request *req) WU
 /* "AWS4-HMAC-SHA256\n<date>\n<scope>\n<hex(sha256(canonical))>" */
 int sigv4_string_to_sign(struct buf *out, const struct sigv4_scope *sc,
 			 const char *canonical_request) WUR;
-/* The 32-byte signing key for (secret, date YYYYMMDD, region, service). */
+/* The 32-byte signing key for (secret, date YYYYMMDD, region, service).
+ * The caller should wipe it after use (it is a secret for that day). */
 void sigv4_signing_key(const char *secret, const char *date8, const char *region,
 		       const char *service, unsigned char key[32]);
 /* hex(HMAC(key, string_to_sign)) into hex[65]. */
@@ -94,7 +115,10 @@ int sigv4_authorization(struct buf *out, const struct sigv4_request *req,
 /* Presigned URL query: appends the complete canonical query string to send
  * (req->query plus X-Amz-Algorithm, X-Amz-Credential, X-Amz-Date,
  * X-Amz-Expires, X-Amz-SignedHeaders, [X-Amz-Security-Token] and
- * X-Amz-Signature).  req->payload_hash should be UNSIGNED-PAYLOAD for S3;
+ * X-Amz-Signature, last; the others sorted among req->query) - everything
+ * after '?' in the URL.  X-Amz-Security-Token is added when
+ * cr->session_token is non-empty.  req->query must not already hold X-Amz-*
+ * auth parameters.  req->payload_hash should be UNSIGNED-PAYLOAD for S3;
  * req->headers usually just host. */
 int sigv4_presign_query(struct buf *out, const struct sigv4_request *req,
 			const struct sigv4_scope *sc, const struct sigv4_creds *cr,

@@ -1,0 +1,25 @@
+/*
+ * ops.h - the FUSE operation table and the handlers that live outside ops.c.
+ */
+#ifndef CDNFS_OPS_H
+#define CDNFS_OPS_H
+
+#include <fuse.h>
+#include "fs.h"
+
+extern const struct fuse_operations cdnfs_ops;
+
+/* rename.c: rename a directory and everything under it (fs->lock held;
+ * drops it for the requests). */
+int ops_rename_dir(struct fs *fs, const char *from, const char *to) WUR;
+
+/* xattr.c: user.cdnfs.* attributes. */
+int ops_setxattr(const char *path, const char *name, const char *value, size_t size,
+		 int flags);
+int ops_getxattr(const char *path, const char *name, char *value, size_t size);
+int ops_listxattr(const char *path, char *list, size_t size);
+int ops_removexattr(const char *path, const char *name);
+/* The status JSON (user.cdnfs.status, SIGUSR1). */
+int ops_status_json(struct fs *fs, struct buf *out) WUR;
+
+#endif

@@ -1,0 +1,1033 @@
+/*
+ * wb.c - write-back jobs, their journal and the upload workers (see wb.h).
+ *
+ * Owns: the job table (key -> job), the staging directory CACHE/staging,
+ * the dispatcher thread and the upload work queue.
+ *
+ * Life of a job: created pending (wb_put/wb_meta/wb_delete), changed any
+ * number of times (wb_touch: gen++, due pushed back), picked by the
+ * dispatcher when due and no writer has it open (running = 1), run by a
+ * worker without the lock, then either finished (gen unchanged: removed from
+ * the table, node updated, journal removed, staged data adopted by the read
+ * cache) or left pending (changed meanwhile, or failed: retried with
+ * backoff, the error kept for fsync).
+ *
+ * Locking: fs->lock protects the table and every job field; wb->cond (with
+ * fs->lock) wakes the dispatcher.  Workers hold a reference while running.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "attrcache.h"
+#include "compress.h"
+#include "dcache.h"
+#include "log.h"
+#include "rules.h"
+#include "s3xml.h"
+#include "wb.h"
+#include "wq.h"
+
+#define WB_MAX_BACKOFF 300.0
+#define WB_COPY_MAX ((uint64_t)5 << 30)
+#define WB_COPY_PART ((uint64_t)512 << 20)
+
+struct wb {
+	struct fs *fs;
+	struct htab *jobs;     /* key -> job; fs->lock */
+	char *dir;             /* CACHE/staging */
+	uint64_t next_seq;
+	struct wq *workers;
+	pthread_t dispatcher;
+	pthread_cond_t cond;   /* with fs->lock: wakes the dispatcher */
+	int started, stop;
+	double next_wake;
+	uint64_t n_uploaded, n_failed, n_deleted;
+};
+
+static void job_free(struct wb_job *j)
+{
+	free(j->key);
+	free(j->data);
+	free(j);
+}
+
+void wb_ref(struct wb_job *j)
+{
+	j->refs++;
+}
+
+void wb_unref(struct wb *wb, struct wb_job *j)
+{
+	(void)wb;
+	if (--j->refs == 0)
+		job_free(j);
+}
+
+void wb_node_gone(struct wb_job *j)
+{
+	j->node = NULL;
+}
+
+struct wb_job *wb_find(struct wb *wb, const char *key)
+{
+	struct wb_job *j = htab_get(wb->jobs, key);
+
+	return j && !j->cancelled ? j : NULL;
+}
+
+/* --- journal ---------------------------------------------------------------- */
+
+static int job_path(struct wb *wb, uint64_t seq, const char *ext, struct buf *out)
+{
+	return buf_addf(out, "%s/%" PRIu64 ".%s", wb->dir, seq, ext);
+}
+
+static const char *kind_name(enum wb_kind k)
+{
+	return k == WB_PUT ? "put" : k == WB_META ? "meta" : "delete";
+}
+
+/* Write the job file atomically (tmp + rename).  Called with the lock held:
+ * a small local write, the price of never losing a closed file. */
+static void journal_write(struct wb *wb, struct wb_job *j)
+{
+	struct buf b, path, tmp;
+	int fd = -1, rc;
+
+	buf_init(&b, 16384);
+	buf_init(&path, 4096);
+	buf_init(&tmp, 4096);
+	rc = buf_addf(&b, "cdnfs-job 1\nkind %s\nkey ", kind_name(j->kind));
+	rc = rc ?: sigv4_uri_encode(&b, j->key, 1);
+	rc = rc ?: buf_addf(&b, "\ndata %d\nattr %o %u %u %lld %ld %" PRIu64 "\nexisted %d\n",
+			    j->data != NULL, (unsigned)j->a.mode, (unsigned)j->a.uid,
+			    (unsigned)j->a.gid, (long long)j->a.mtime.tv_sec, j->a.mtime.tv_nsec,
+			    j->a.size, j->existed);
+	rc = rc ?: job_path(wb, j->seq, "job", &path);
+	rc = rc ?: job_path(wb, j->seq, "tmp", &tmp);
+	if (rc < 0)
+		goto out;
+	fd = open(buf_str(&tmp), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0 || write(fd, b.data, b.len) != (ssize_t)b.len ||
+	    rename(buf_str(&tmp), buf_str(&path)) < 0)
+		log_error("cannot write the journal entry for '%s': %s", j->key, strerror(errno));
+out:
+	if (fd >= 0)
+		close(fd);
+	buf_release(&b);
+	buf_release(&path);
+	buf_release(&tmp);
+}
+
+static void journal_remove(struct wb *wb, uint64_t seq, int with_data)
+{
+	struct buf p;
+
+	buf_init(&p, 4096);
+	if (job_path(wb, seq, "job", &p) == 0)
+		unlink(buf_str(&p));
+	buf_reset(&p);
+	if (with_data && job_path(wb, seq, "data", &p) == 0)
+		unlink(buf_str(&p));
+	buf_release(&p);
+}
+
+/* --- table ------------------------------------------------------------------ */
+
+static void wake(struct wb *wb, double due)
+{
+	if (due < wb->next_wake)
+		pthread_cond_signal(&wb->cond);
+}
+
+static int job_new(struct wb *wb, const char *key, enum wb_kind kind, struct wb_job **out)
+{
+	struct wb_job *j = calloc(1, sizeof(*j)), *old = NULL;
+
+	*out = NULL;
+	if (!j || !(j->key = strdup(key))) {
+		free(j);
+		return -ENOMEM;
+	}
+	j->kind = kind;
+	j->seq = wb->next_seq++;
+	j->gen = 1;
+	j->refs = 1;
+	j->due = fs_now() + wb->fs->conf.writeback_delay;
+	old = htab_get(wb->jobs, key);
+	if (old) { /* replaces a pending job of the key; it must not be running */
+		j->existed = old->existed || old->kind != WB_PUT;
+		wb_cancel(wb, old);
+	}
+	if (htab_put(wb->jobs, key, j, NULL) < 0) {
+		job_free(j);
+		return -ENOMEM;
+	}
+	*out = j;
+	return 0;
+}
+
+int wb_put(struct wb *wb, struct node *n, const char *key, int with_data, struct wb_job **out)
+{
+	struct wb_job *j;
+	struct buf p;
+	int rc, fd;
+
+	rc = job_new(wb, key, WB_PUT, &j);
+	if (rc < 0)
+		return rc;
+	j->existed |= n->remote;
+	j->node = n;
+	j->a = n->a;
+	n->job = j;
+	if (with_data) {
+		buf_init(&p, 4096);
+		rc = job_path(wb, j->seq, "data", &p);
+		fd = rc == 0 ? open(buf_str(&p), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)
+			     : -1;
+		if (fd < 0) {
+			rc = rc ?: -errno;
+			buf_release(&p);
+			wb_cancel(wb, j);
+			return rc;
+		}
+		close(fd);
+		j->data = buf_detach(&p, NULL);
+	}
+	if (out)
+		*out = j;
+	return 0;
+}
+
+int wb_meta(struct wb *wb, struct node *n, const char *key)
+{
+	struct wb_job *j = n->job;
+	int rc;
+
+	if (j) { /* folds into whatever is pending */
+		j->a = n->a;
+		wb_touch(wb, j);
+		return 0;
+	}
+	rc = job_new(wb, key, WB_META, &j);
+	if (rc < 0)
+		return rc;
+	j->existed = 1;
+	j->node = n;
+	j->a = n->a;
+	n->job = j;
+	journal_write(wb, j);
+	wake(wb, j->due);
+	return 0;
+}
+
+int wb_delete(struct wb *wb, const char *key)
+{
+	struct wb_job *j;
+	int rc = job_new(wb, key, WB_DELETE, &j);
+
+	if (rc < 0)
+		return rc;
+	j->existed = 1;
+	journal_write(wb, j);
+	wake(wb, j->due);
+	return 0;
+}
+
+void wb_touch(struct wb *wb, struct wb_job *j)
+{
+	double due = fs_now() + wb->fs->conf.writeback_delay;
+
+	j->gen++;
+	if (j->node)
+		j->a = j->node->a;
+	if (due > j->due)
+		j->due = due;
+	if (j->writers == 0)
+		journal_write(wb, j);
+	wake(wb, j->due);
+}
+
+void wb_cancel(struct wb *wb, struct wb_job *j)
+{
+	if (htab_get(wb->jobs, j->key) == j)
+		htab_del(wb->jobs, j->key);
+	j->cancelled = 1;
+	if (j->node)
+		j->node->job = NULL;
+	j->node = NULL;
+	journal_remove(wb, j->seq, j->data != NULL);
+	wb_unref(wb, j);
+}
+
+int wb_rekey(struct wb *wb, struct wb_job *j, const char *key)
+{
+	char *nk = strdup(key);
+	struct wb_job *old;
+
+	if (!nk)
+		return -ENOMEM;
+	old = htab_get(wb->jobs, key);
+	if (old && old != j) {
+		j->existed = old->existed || old->kind != WB_PUT;
+		wb_cancel(wb, old);
+	}
+	htab_del(wb->jobs, j->key);
+	free(j->key);
+	j->key = nk;
+	if (htab_put(wb->jobs, j->key, j, NULL) < 0)
+		return -ENOMEM;
+	wb_touch(wb, j);
+	return 0;
+}
+
+void wb_wait_idle(struct wb *wb, struct wb_job *j)
+{
+	wb_ref(j);
+	while (j->running)
+		pthread_cond_wait(&wb->fs->cond, &wb->fs->lock);
+	wb_unref(wb, j);
+}
+
+int wb_sync(struct wb *wb, struct wb_job *j)
+{
+	uint64_t gen = j->gen;
+	int rc;
+
+	wb_ref(j);
+	j->due = 0;
+	pthread_cond_signal(&wb->cond);
+	while (!j->cancelled && htab_get(wb->jobs, j->key) == j &&
+	       (j->running || j->gen_done < gen))
+		pthread_cond_wait(&wb->fs->cond, &wb->fs->lock);
+	rc = j->gen_done >= gen && j->last_err ? -EIO : 0;
+	wb_unref(wb, j);
+	return rc;
+}
+
+struct snap_ctx {
+	struct wb_job **v;
+	size_t n, cap;
+};
+
+static int snap_cb(const char *k, void *val, void *arg)
+{
+	struct snap_ctx *sc = arg;
+
+	(void)k;
+	if (sc->n == sc->cap) {
+		size_t nc = sc->cap ? sc->cap * 2 : 64;
+		struct wb_job **v = realloc(sc->v, nc * sizeof(*v));
+
+		if (!v)
+			return 1;
+		sc->v = v;
+		sc->cap = nc;
+	}
+	sc->v[sc->n++] = val;
+	wb_ref(val);
+	return 0;
+}
+
+int wb_sync_all(struct wb *wb)
+{
+	struct snap_ctx sc = { 0 };
+	int rc = 0;
+
+	htab_foreach(wb->jobs, snap_cb, &sc);
+	for (size_t i = 0; i < sc.n; i++)
+		sc.v[i]->due = 0;
+	pthread_cond_signal(&wb->cond);
+	for (size_t i = 0; i < sc.n; i++) {
+		int r = sc.v[i]->writers ? 0 : wb_sync(wb, sc.v[i]);
+
+		if (r < 0)
+			rc = r;
+		wb_unref(wb, sc.v[i]);
+	}
+	free(sc.v);
+	return rc;
+}
+
+/* --- running a job (unlocked) -------------------------------------------------- */
+
+struct snapshot {
+	enum wb_kind kind;
+	char *key;
+	char *data;
+	struct fattr a;
+	uint64_t gen;
+	int is_marker;
+	/* results */
+	char etag[S3_ETAG_MAX];
+	uint64_t rsize;
+	int compressed;
+};
+
+static int add_hdr(struct sigv4_kv *kv, size_t *n, size_t cap, const char *name,
+		   const char *value)
+{
+	if (*n >= cap)
+		return -E2BIG;
+	kv[(*n)++] = (struct sigv4_kv){ name, value };
+	return 0;
+}
+
+/* The headers of an upload of snapshot s: rules, POSIX metadata, encoding. */
+static int build_headers(struct wb *wb, struct snapshot *s, const char *encoding,
+			 const char *orig_size, struct buf *st, struct sigv4_kv *kv, size_t *n,
+			 size_t cap)
+{
+	struct rule_result rr;
+	size_t plen = strlen(wb->fs->conf.prefix);
+	int rc = 0;
+
+	*n = 0;
+	if (s->is_marker) {
+		rc = add_hdr(kv, n, cap, "content-type", "application/x-directory");
+	} else if (S_ISLNK(s->a.mode)) {
+		rc = add_hdr(kv, n, cap, "content-type", "application/octet-stream");
+	} else {
+		rules_eval(wb->fs->rules, s->key + plen, &rr);
+		rc = rules_headers(&rr, encoding, kv, n, cap);
+		if (rc == 0 && orig_size)
+			rc = add_hdr(kv, n, cap, "x-amz-meta-cdnfs-size", orig_size);
+	}
+	if (rc == 0)
+		rc = meta_posix_headers(&s->a, st, kv, n, cap);
+	return rc;
+}
+
+/* Compress into DIR/SEQ.z when the rule asks and it pays; *zfd = -1 if not. */
+static int maybe_compress(struct wb *wb, struct snapshot *s, int fd, uint64_t size, int *zfd,
+			  uint64_t *zlen, enum compress_kind *kind)
+{
+	struct rule_result rr;
+	char tmpl[4200];
+	int z;
+
+	*zfd = -1;
+	*kind = COMPRESS_NONE;
+	if (s->is_marker || S_ISLNK(s->a.mode))
+		return 0;
+	rules_eval(wb->fs->rules, s->key + strlen(wb->fs->conf.prefix), &rr);
+	if (!rules_should_compress(&rr, size))
+		return 0;
+	snprintf(tmpl, sizeof(tmpl), "%s/z.XXXXXX", wb->dir);
+	z = mkostemp(tmpl, O_CLOEXEC);
+	if (z < 0)
+		return -errno;
+	unlink(tmpl);
+	if (lseek(fd, 0, SEEK_SET) < 0 || compress_fd(rr.compress, fd, z, zlen) < 0) {
+		close(z);
+		return -EIO;
+	}
+	if (*zlen * 100 > size * 95) { /* does not pay: store as is */
+		close(z);
+		return 0;
+	}
+	*zfd = z;
+	*kind = rr.compress;
+	return 0;
+}
+
+struct part {
+	struct wb *wb;
+	const char *key, *upload_id;
+	int partno, fd, rc;
+	uint64_t off, len;
+	char etag[S3_ETAG_MAX];
+	pthread_mutex_t *lock;
+	pthread_cond_t *cond;
+	int *left;
+};
+
+static void part_run(void *arg)
+{
+	struct part *p = arg;
+
+	p->rc = s3_mpu_part(p->wb->fs->s3, p->key, p->upload_id, p->partno, p->fd, p->off, p->len,
+			    p->etag);
+	pthread_mutex_lock(p->lock);
+	if (--*p->left == 0)
+		pthread_cond_signal(p->cond);
+	pthread_mutex_unlock(p->lock);
+}
+
+static int upload_multipart(struct wb *wb, const char *key, const struct s3_hdrs *h, int fd,
+			    uint64_t len, char etag[S3_ETAG_MAX])
+{
+	uint64_t psize = wb->fs->conf.multipart_size;
+	size_t nparts = (size_t)((len + psize - 1) / psize);
+	struct part *parts = calloc(nparts, sizeof(*parts));
+	const char **etags = calloc(nparts, sizeof(*etags));
+	pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+	char *uid = NULL;
+	int rc, left = (int)nparts;
+
+	rc = parts && etags ? s3_mpu_create(wb->fs->s3, key, h, &uid) : -ENOMEM;
+	if (rc < 0)
+		goto out;
+	for (size_t i = 0; i < nparts; i++) {
+		parts[i] = (struct part){ wb, key, uid, (int)i + 1, fd, 0, i * psize,
+					  i + 1 < nparts ? psize : len - i * psize, "",
+					  &lock, &cond, &left };
+		if (wq_push(wb->fs->io, part_run, &parts[i]) < 0)
+			part_run(&parts[i]);
+	}
+	pthread_mutex_lock(&lock);
+	while (left > 0)
+		pthread_cond_wait(&cond, &lock);
+	pthread_mutex_unlock(&lock);
+	for (size_t i = 0; i < nparts && rc == 0; i++) {
+		rc = parts[i].rc;
+		etags[i] = parts[i].etag;
+	}
+	if (rc == 0)
+		rc = s3_mpu_complete(wb->fs->s3, key, uid, etags, nparts, etag);
+	if (rc < 0 && s3_mpu_abort(wb->fs->s3, key, uid) < 0)
+		log_warn("cannot abort the multipart upload of '%s'", key);
+out:
+	free(uid);
+	free(parts);
+	free(etags);
+	return rc;
+}
+
+static int run_put(struct wb *wb, struct snapshot *s)
+{
+	struct sigv4_kv kv[40];
+	struct s3_hdrs h = { kv, 0 };
+	struct buf st;
+	struct stat sb;
+	int fd = -1, zfd = -1, rc = 0;
+	uint64_t zlen = 0, len = 0;
+	enum compress_kind ck = COMPRESS_NONE;
+	char osize[32];
+
+	buf_init(&st, 4096);
+	if (s->data) {
+		fd = open(s->data, O_RDONLY | O_CLOEXEC);
+		if (fd < 0 || fstat(fd, &sb) < 0) {
+			rc = -errno;
+			goto out;
+		}
+		len = (uint64_t)sb.st_size;
+		rc = maybe_compress(wb, s, fd, len, &zfd, &zlen, &ck);
+	}
+	snprintf(osize, sizeof(osize), "%" PRIu64, len);
+	rc = rc ?: build_headers(wb, s, compress_encoding(ck), zfd >= 0 ? osize : NULL, &st, kv,
+				 &h.n, ARRAY_SIZE(kv));
+	if (rc < 0)
+		goto out;
+	s->compressed = zfd >= 0;
+	s->rsize = zfd >= 0 ? zlen : len;
+	if (s->rsize > wb->fs->conf.multipart_size)
+		rc = upload_multipart(wb, s->key, &h, zfd >= 0 ? zfd : fd, s->rsize, s->etag);
+	else
+		rc = s3_put(wb->fs->s3, s->key, &h, zfd >= 0 ? zfd : fd, 0, s->rsize, s->etag);
+out:
+	if (fd >= 0)
+		close(fd);
+	if (zfd >= 0)
+		close(zfd);
+	buf_release(&st);
+	return rc;
+}
+
+/* UploadPartCopy in parts of WB_COPY_PART for objects CopyObject refuses. */
+static int copy_multipart(struct wb *wb, const char *src, const char *dst,
+			  const struct s3_hdrs *h, uint64_t size, char etag[S3_ETAG_MAX])
+{
+	size_t nparts = (size_t)((size + WB_COPY_PART - 1) / WB_COPY_PART);
+	char (*etags)[S3_ETAG_MAX] = calloc(nparts, S3_ETAG_MAX);
+	const char **ev = calloc(nparts, sizeof(*ev));
+	char *uid = NULL;
+	int rc = etags && ev ? s3_mpu_create(wb->fs->s3, dst, h, &uid) : -ENOMEM;
+
+	for (size_t i = 0; rc == 0 && i < nparts; i++) {
+		uint64_t off = i * WB_COPY_PART;
+		uint64_t len = size - off < WB_COPY_PART ? size - off : WB_COPY_PART;
+
+		rc = s3_mpu_part_copy(wb->fs->s3, src, dst, uid, (int)i + 1, off, len, etags[i]);
+		ev[i] = etags[i];
+	}
+	if (rc == 0)
+		rc = s3_mpu_complete(wb->fs->s3, dst, uid, ev, nparts, etag);
+	if (rc < 0 && uid && s3_mpu_abort(wb->fs->s3, dst, uid) < 0)
+		log_warn("cannot abort the multipart copy to '%s'", dst);
+	free(uid);
+	free(etags);
+	free(ev);
+	return rc;
+}
+
+/* Copy src to dst in S3 (src == dst: rewrite the metadata in place), with
+ * every header dst's rules give, the POSIX metadata a (NULL: the object's
+ * own), and the encoding the object has.  Objects over 5 GiB are copied by
+ * parts.  Unlocked. */
+int wb_server_copy(struct wb *wb, const char *src, const char *dst, const struct fattr *a,
+		   char etag[S3_ETAG_MAX], uint64_t *rsize, int *compressed)
+{
+	struct s3_obj o;
+	struct sigv4_kv kv[40];
+	struct s3_hdrs h = { kv, 0 };
+	struct snapshot s = { 0 };
+	struct buf st;
+	const char *enc, *osize;
+	int rc = s3_head(wb->fs->s3, src, &o);
+
+	buf_init(&st, 4096);
+	if (rc < 0)
+		goto out;
+	s.key = (char *)dst;
+	s.is_marker = dst[0] && dst[strlen(dst) - 1] == '/';
+	if (a)
+		s.a = *a;
+	else
+		meta_obj_attr(wb->fs, &o, s.is_marker ? S_IFDIR : S_IFREG, &s.a, NULL);
+	enc = o.content_encoding;
+	osize = enc ? s3_obj_meta(&o, "cdnfs-size") : NULL;
+	rc = build_headers(wb, &s, osize ? enc : NULL, osize, &st, kv, &h.n, ARRAY_SIZE(kv));
+	if (rc == 0 && o.size > WB_COPY_MAX)
+		rc = copy_multipart(wb, src, dst, &h, o.size, etag);
+	else if (rc == 0)
+		rc = s3_copy(wb->fs->s3, src, dst, &h, etag);
+	*rsize = o.size;
+	*compressed = osize != NULL;
+out:
+	s3_obj_release(&o);
+	buf_release(&st);
+	return rc;
+}
+
+static int run_meta(struct wb *wb, struct snapshot *s)
+{
+	return wb_server_copy(wb, s->key, s->key, &s->a, s->etag, &s->rsize, &s->compressed);
+}
+
+static double backoff(int tries)
+{
+	double d = 1.0;
+
+	for (int i = 1; i < tries && d < WB_MAX_BACKOFF; i++)
+		d *= 2;
+	return d < WB_MAX_BACKOFF ? d : WB_MAX_BACKOFF;
+}
+
+/* Update the tree and caches after a successful attempt. Locked. */
+static void finish(struct wb *wb, struct wb_job *j, struct snapshot *s)
+{
+	struct node *n = j->node;
+	struct ac_entry e;
+
+	if (s->kind == WB_DELETE) {
+		attrcache_del(wb->fs->ac, s->key);
+		wb->n_deleted++;
+	} else {
+		memset(&e, 0, sizeof(e));
+		snprintf(e.etag, sizeof(e.etag), "%s", s->etag);
+		e.rsize = s->rsize;
+		e.a = s->a;
+		e.compressed = s->compressed;
+		if (!s->is_marker)
+			attrcache_put(wb->fs->ac, s->key, &e);
+		if (n) {
+			n->remote = 1;
+			n->known = 1;
+			n->compressed = (unsigned)s->compressed;
+			n->rsize = s->rsize;
+			snprintf(n->etag, sizeof(n->etag), "%s", s->etag);
+			n->seen = fs_now();
+			n->job = NULL;
+		}
+		wb->n_uploaded++;
+	}
+	htab_del(wb->jobs, j->key);
+	j->node = NULL;
+	j->cancelled = 1;
+}
+
+static void job_run(void *arg)
+{
+	struct wb_job *j = arg;
+	struct wb *wb;
+	struct fs *fs = g_fs;
+	struct snapshot s = { 0 };
+	int rc, done = 0;
+
+	pthread_mutex_lock(&fs->lock);
+	wb = fs->wb;
+	s.kind = j->kind;
+	s.key = strdup(j->key);
+	s.data = j->data ? strdup(j->data) : NULL;
+	s.a = j->a;
+	s.gen = j->gen;
+	s.is_marker = s.key && s.key[0] && s.key[strlen(s.key) - 1] == '/';
+	pthread_mutex_unlock(&fs->lock);
+
+	if (!s.key || (j->data && !s.data))
+		rc = -ENOMEM;
+	else if (s.kind == WB_DELETE)
+		rc = s3_delete(fs->s3, s.key);
+	else if (s.kind == WB_META)
+		rc = run_meta(wb, &s);
+	else
+		rc = run_put(wb, &s);
+
+	pthread_mutex_lock(&fs->lock);
+	j->running = 0;
+	j->tries++;
+	j->gen_done = s.gen;
+	j->last_err = rc;
+	if (rc < 0) {
+		j->due = fs_now() + backoff(j->tries);
+		wb->n_failed++;
+		log_error("cannot %s '%s': %s (retrying in %.0f s)",
+			  s.kind == WB_DELETE ? "delete" : "upload", s.key, strerror(-rc),
+			  backoff(j->tries));
+	} else if (j->gen == s.gen && !j->cancelled && strcmp(j->key, s.key) == 0) {
+		finish(wb, j, &s);
+		done = 1;
+	} else if (!j->cancelled && strcmp(j->key, s.key) != 0 && s.kind == WB_PUT) {
+		/* renamed while uploading: the old name must go */
+		if (!htab_get(wb->jobs, s.key) && wb_delete(wb, s.key) < 0)
+			log_error("cannot queue the delete of '%s'", s.key);
+	}
+	pthread_cond_broadcast(&fs->cond);
+	pthread_mutex_unlock(&fs->lock);
+
+	if (done) {
+		if (s.data && (s.compressed || !S_ISREG(s.a.mode) ||
+			       dcache_adopt(fs->dc, s.key, s.etag, s.a.size, s.data) < 0))
+			unlink(s.data);
+		if (s.kind == WB_DELETE)
+			dcache_forget(fs->dc, s.key);
+		journal_remove(wb, j->seq, 0);
+	}
+	pthread_mutex_lock(&fs->lock);
+	j->refs -= done ? 2 : 1; /* the worker's, and the table's when done */
+	if (j->refs == 0)
+		job_free(j);
+	pthread_mutex_unlock(&fs->lock);
+	free(s.key);
+	free(s.data);
+}
+
+/* --- dispatcher ------------------------------------------------------------------ */
+
+struct pick_ctx {
+	double now, next;
+	struct wb_job *ready[256];
+	int n;
+};
+
+static int pick_cb(const char *k, void *v, void *arg)
+{
+	struct wb_job *j = v;
+	struct pick_ctx *pc = arg;
+
+	(void)k;
+	if (j->running || j->writers > 0)
+		return 0;
+	if (j->due <= pc->now) {
+		if (pc->n == (int)ARRAY_SIZE(pc->ready))
+			return 1;
+		pc->ready[pc->n++] = j;
+	} else if (j->due < pc->next) {
+		pc->next = j->due;
+	}
+	return 0;
+}
+
+static void *dispatch_main(void *arg)
+{
+	struct wb *wb = arg;
+	struct fs *fs = wb->fs;
+
+	pthread_mutex_lock(&fs->lock);
+	while (!wb->stop) {
+		struct pick_ctx pc = { .now = fs_now(), .next = fs_now() + 1.0 };
+		struct timespec ts;
+		double wakeat;
+
+		htab_foreach(wb->jobs, pick_cb, &pc);
+		for (int i = 0; i < pc.n; i++) {
+			pc.ready[i]->running = 1;
+			wb_ref(pc.ready[i]);
+			if (wq_push(wb->workers, job_run, pc.ready[i]) < 0) {
+				pc.ready[i]->running = 0;
+				wb_unref(wb, pc.ready[i]);
+			}
+		}
+		if (pc.n == (int)ARRAY_SIZE(pc.ready))
+			continue;
+		wb->next_wake = pc.next;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		wakeat = (double)ts.tv_sec + ts.tv_nsec / 1e9 + (pc.next - fs_now());
+		ts.tv_sec = (time_t)wakeat;
+		ts.tv_nsec = (long)((wakeat - (double)ts.tv_sec) * 1e9);
+		pthread_cond_timedwait(&wb->cond, &fs->lock, &ts);
+	}
+	pthread_mutex_unlock(&fs->lock);
+	return NULL;
+}
+
+/* --- lifecycle -------------------------------------------------------------------- */
+
+int wb_new(struct wb **out, struct fs *fs)
+{
+	struct wb *wb = calloc(1, sizeof(*wb));
+	int rc = -ENOMEM;
+
+	*out = NULL;
+	if (!wb)
+		return -ENOMEM;
+	wb->fs = fs;
+	wb->next_seq = 1;
+	pthread_cond_init(&wb->cond, NULL);
+	if (asprintf(&wb->dir, "%s/staging", fs->conf.cache_dir) < 0) {
+		wb->dir = NULL;
+		goto out;
+	}
+	if (mkdir(wb->dir, 0700) < 0 && errno != EEXIST) {
+		rc = -errno;
+		log_error("cannot create '%s': %s", wb->dir, strerror(errno));
+		goto out;
+	}
+	rc = htab_new(&wb->jobs);
+out:
+	if (rc < 0) {
+		wb_free(wb);
+		return rc;
+	}
+	*out = wb;
+	return 0;
+}
+
+int wb_start(struct wb *wb)
+{
+	int rc = wq_new(&wb->workers, wb->fs->conf.parallel, "cdnfs-up");
+
+	if (rc < 0)
+		return rc;
+	if (pthread_create(&wb->dispatcher, NULL, dispatch_main, wb) != 0)
+		return -EAGAIN;
+	wb->started = 1;
+	return 0;
+}
+
+int wb_shutdown(struct wb *wb)
+{
+	struct fs *fs = wb->fs;
+	int left;
+
+	if (!wb->started)
+		return 0;
+	pthread_mutex_lock(&fs->lock);
+	if (wb_sync_all(wb) < 0)
+		log_error("some uploads failed; they stay in the journal for the next mount");
+	wb->stop = 1;
+	pthread_cond_signal(&wb->cond);
+	pthread_mutex_unlock(&fs->lock);
+	pthread_join(wb->dispatcher, NULL);
+	wq_free(wb->workers);
+	wb->workers = NULL;
+	wb->started = 0;
+	pthread_mutex_lock(&fs->lock);
+	left = (int)htab_count(wb->jobs);
+	pthread_mutex_unlock(&fs->lock);
+	return left;
+}
+
+static void job_drop(void *v)
+{
+	struct wb_job *j = v;
+
+	if (j->node)
+		j->node->job = NULL;
+	if (--j->refs == 0)
+		job_free(j);
+}
+
+void wb_free(struct wb *wb)
+{
+	if (!wb)
+		return;
+	if (wb->jobs)
+		htab_free(wb->jobs, job_drop);
+	pthread_cond_destroy(&wb->cond);
+	free(wb->dir);
+	free(wb);
+}
+
+void wb_get_stats(struct wb *wb, struct wb_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	out->pending = htab_count(wb->jobs);
+	out->uploaded = wb->n_uploaded;
+	out->failed = wb->n_failed;
+	out->deleted = wb->n_deleted;
+}
+
+/* --- recovery ---------------------------------------------------------------------- */
+
+static int parse_job(struct wb *wb, uint64_t seq, const char *text, struct wb_job **out)
+{
+	char kind[16], key[4200];
+	int data = 0, existed = 0;
+	unsigned mode, uid, gid;
+	long long sec;
+	long nsec;
+	unsigned long long size;
+	struct buf k;
+	struct wb_job *j;
+	const char *p;
+
+	*out = NULL;
+	if (strncmp(text, "cdnfs-job 1\n", 12) != 0 || !(p = strstr(text, "kind ")) ||
+	    sscanf(p, "kind %15s", kind) != 1 || !(p = strstr(text, "\nkey ")) ||
+	    sscanf(p, "\nkey %4199s", key) != 1 || !(p = strstr(text, "\ndata ")) ||
+	    sscanf(p, "\ndata %d", &data) != 1 || !(p = strstr(text, "\nattr ")) ||
+	    sscanf(p, "\nattr %o %u %u %lld %ld %llu", &mode, &uid, &gid, &sec, &nsec, &size) != 6)
+		return -EINVAL;
+	if ((p = strstr(text, "\nexisted ")))
+		existed = strtol(p + 9, NULL, 10) != 0;
+	buf_init(&k, 8192);
+	if (s3_url_decode(&k, key, 0) < 0 || !(j = calloc(1, sizeof(*j)))) {
+		buf_release(&k);
+		return -EINVAL;
+	}
+	j->key = buf_detach(&k, NULL);
+	j->kind = strcmp(kind, "put") == 0 ? WB_PUT : strcmp(kind, "meta") == 0 ? WB_META
+										  : WB_DELETE;
+	j->seq = seq;
+	j->a = (struct fattr){ (mode_t)mode, (uid_t)uid, (gid_t)gid, { (time_t)sec, nsec },
+			       size };
+	j->existed = existed;
+	j->gen = 1;
+	j->refs = 1;
+	if (data && asprintf(&j->data, "%s/%" PRIu64 ".data", wb->dir, seq) < 0)
+		j->data = NULL;
+	*out = j;
+	return 0;
+}
+
+/* Give a recovered PUT/META job a node in the tree. Locked. */
+static void attach_node(struct wb *wb, struct wb_job *j)
+{
+	struct fs *fs = wb->fs;
+	const char *rel = j->key + strlen(fs->conf.prefix);
+	struct node *d = fs->root, *n = NULL;
+	char comp[256];
+	int marker = rel[0] && rel[strlen(rel) - 1] == '/';
+
+	while (*rel) {
+		size_t len = strcspn(rel, "/");
+
+		if (len == 0 || len > 255)
+			return;
+		memcpy(comp, rel, len);
+		comp[len] = '\0';
+		rel += len;
+		if (*rel == '/')
+			rel++;
+		if (*rel || marker) {
+			n = tree_add(d, comp, S_IFDIR);
+			if (n && !n->known && !n->job)
+				tree_default_attr(fs, &n->a, S_IFDIR);
+		} else {
+			n = tree_add(d, comp, j->a.mode & S_IFMT);
+		}
+		if (!n)
+			return;
+		d = n;
+	}
+	if (n) {
+		n->a = j->a;
+		n->known = 1;
+		n->job = j;
+		j->node = n;
+	}
+}
+
+static int recover_one(struct wb *wb, const char *name)
+{
+	struct buf path;
+	char text[16384];
+	uint64_t seq = strtoull(name, NULL, 10);
+	struct wb_job *j = NULL, *old;
+	ssize_t n;
+	int fd, rc;
+
+	buf_init(&path, 4096);
+	rc = job_path(wb, seq, "job", &path);
+	fd = rc == 0 ? open(buf_str(&path), O_RDONLY | O_CLOEXEC) : -1;
+	n = fd >= 0 ? read(fd, text, sizeof(text) - 1) : -1;
+	if (fd >= 0)
+		close(fd);
+	buf_release(&path);
+	if (n <= 0)
+		return -EIO;
+	text[n] = '\0';
+	rc = parse_job(wb, seq, text, &j);
+	if (rc < 0) {
+		log_warn("ignoring a damaged journal entry %" PRIu64, seq);
+		return rc;
+	}
+	if (seq >= wb->next_seq)
+		wb->next_seq = seq + 1;
+	old = htab_get(wb->jobs, j->key);
+	if (old && old->seq > seq) { /* a newer entry for the key wins */
+		journal_remove(wb, seq, j->data != NULL);
+		job_free(j);
+		return 0;
+	}
+	if (old)
+		wb_cancel(wb, old);
+	if (htab_put(wb->jobs, j->key, j, NULL) < 0) {
+		job_free(j);
+		return -ENOMEM;
+	}
+	if (j->kind == WB_PUT && strncmp(j->key, wb->fs->conf.prefix,
+					 strlen(wb->fs->conf.prefix)) == 0)
+		attach_node(wb, j);
+	return 1;
+}
+
+int wb_recover(struct wb *wb)
+{
+	DIR *d = opendir(wb->dir);
+	struct dirent *de;
+	int count = 0;
+
+	if (!d)
+		return -errno;
+	pthread_mutex_lock(&wb->fs->lock);
+	while ((de = readdir(d))) {
+		const char *dot = strrchr(de->d_name, '.');
+
+		if (!dot || de->d_name[0] < '0' || de->d_name[0] > '9')
+			continue;
+		if (strcmp(dot, ".job") == 0) {
+			if (recover_one(wb, de->d_name) > 0)
+				count++;
+		} else if (strcmp(dot, ".tmp") == 0) {
+			unlinkat(dirfd(d), de->d_name, 0);
+		}
+	}
+	closedir(d);
+	pthread_mutex_unlock(&wb->fs->lock);
+	if (count)
+		log_info("recovered %d pending change%s from the journal", count,
+			 count == 1 ? "" : "s");
+	return count;
+}

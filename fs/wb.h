@@ -1,0 +1,110 @@
+/*
+ * wb.h - write-back: every change this mount makes reaches S3 through here.
+ *
+ * A job is one pending change to one S3 key:
+ *   WB_PUT     upload the staged data (a file, a symlink's target, or an empty
+ *              directory marker "dir/") with the headers its rules give;
+ *   WB_META    rewrite the metadata of an object already in S3 (chmod, chown,
+ *              utimens on an uploaded file): CopyObject onto itself, REPLACE;
+ *   WB_DELETE  delete the object.
+ * There is at most one job per key (the job table).  A job becomes due
+ * writeback_delay seconds after its last change, so cp -p's and rsync's
+ * chmod/utimens/rename after close fold into the one PUT, and a collectstatic
+ * delete-then-save of a file becomes one PUT and no DELETE.  Due jobs run on
+ * `parallel` upload workers.
+ *
+ * States of a job: pending (in the table, not running), running (inflight;
+ * changes meanwhile bump gen and the job runs again), done (removed).
+ * Operations that must not race an upload of the same key (rename, unlink,
+ * reopening for write) wait for the running attempt with wb_wait_idle.
+ *
+ * Journal: each job is a file STAGING/SEQ.job (with its data in
+ * STAGING/SEQ.data) rewritten atomically on every change, removed when done.
+ * A new mount of the same cache_dir replays them (wb_recover), so a closed
+ * file or a pending delete survives kill -9.
+ *
+ * Locking: all functions are called with fs->lock held unless marked
+ * "unlocked"; the workers take it themselves and never hold it over I/O.
+ */
+#ifndef CDNFS_WB_H
+#define CDNFS_WB_H
+
+#include <stdint.h>
+#include "fs.h"
+
+enum wb_kind { WB_PUT = 1, WB_META = 2, WB_DELETE = 3 };
+
+struct wb_job {
+	char *key;            /* the S3 key ("dir/" for a marker) */
+	enum wb_kind kind;
+	uint64_t seq;         /* journal file name */
+	char *data;           /* STAGING/SEQ.data (WB_PUT of a file or symlink), else NULL */
+	struct fattr a;       /* metadata to send */
+	uint64_t gen;         /* bumped by every change */
+	uint64_t gen_done;    /* gen of the last finished attempt */
+	int last_err;         /* -errno of the last attempt, 0 when it succeeded */
+	double due;           /* monotonic time it may start */
+	int running;
+	int writers;          /* open write handles: not due while > 0 */
+	int existed;          /* an older object was at key (overwrite) */
+	int tries;
+	int refs;             /* table + open files */
+	int cancelled;        /* removed from the table while referenced */
+	struct node *node;    /* the node it belongs to, NULL for deletes */
+	struct wb_job *next_pending;
+};
+
+struct wb;
+
+int wb_new(struct wb **out, struct fs *fs) WUR;
+/* Start the dispatcher and workers (after fork: FUSE init). Unlocked. */
+int wb_start(struct wb *wb) WUR;
+/* Run everything now, wait for it, stop the threads (unmount).  Unlocked.
+ * Returns the number of jobs that failed (left in the journal). */
+int wb_shutdown(struct wb *wb);
+void wb_free(struct wb *wb);
+
+/* Replay the journal into the tree (at mount, before FUSE starts).  Unlocked. */
+int wb_recover(struct wb *wb) WUR;
+
+/* The job for key, or NULL. */
+struct wb_job *wb_find(struct wb *wb, const char *key);
+/* New PUT job for node n at key; creates an empty data file when with_data.
+ * Replaces a pending DELETE/META of the same key (existed carried over). */
+int wb_put(struct wb *wb, struct node *n, const char *key, int with_data,
+	   struct wb_job **out) WUR;
+/* META job for an uploaded node (or fold into its pending PUT). */
+int wb_meta(struct wb *wb, struct node *n, const char *key) WUR;
+/* DELETE job for key (cancels a pending PUT/META of it). */
+int wb_delete(struct wb *wb, const char *key) WUR;
+/* A change happened: bump gen, push due, rewrite the journal. */
+void wb_touch(struct wb *wb, struct wb_job *j);
+/* Drop the job (file removed before upload): data and journal deleted. */
+void wb_cancel(struct wb *wb, struct wb_job *j);
+/* Move a pending job to another key (rename before upload). */
+int wb_rekey(struct wb *wb, struct wb_job *j, const char *key) WUR;
+/* Wait until no attempt of j is running.  May drop fs->lock. */
+void wb_wait_idle(struct wb *wb, struct wb_job *j);
+/* Make j due now and wait until an attempt covering its current gen
+ * finished; returns its result (0 or -EIO).  May drop fs->lock. */
+int wb_sync(struct wb *wb, struct wb_job *j) WUR;
+/* wb_sync for every job (user.cdnfs.flush).  May drop fs->lock. */
+int wb_sync_all(struct wb *wb) WUR;
+/* References held by open files. */
+void wb_ref(struct wb_job *j);
+void wb_unref(struct wb *wb, struct wb_job *j);
+/* The node holding j went away (tree.c). */
+void wb_node_gone(struct wb_job *j);
+
+/* Server-side copy src -> dst with dst's rule headers and POSIX metadata a
+ * (NULL: keep the object's); src == dst rewrites metadata in place.
+ * Unlocked (no fs->lock held). */
+int wb_server_copy(struct wb *wb, const char *src, const char *dst, const struct fattr *a,
+		   char etag[S3_ETAG_MAX], uint64_t *rsize, int *compressed) WUR;
+
+struct wb_stats {
+	uint64_t pending, running, bytes_pending, uploaded, failed, deleted;
+};
+void wb_get_stats(struct wb *wb, struct wb_stats *out);
+
+#endif
