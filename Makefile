@@ -46,6 +46,10 @@ LIB_SRC  := $(CORE_SRC) $(S3_SRC) $(CDN_SRC) $(FS_SRC)
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+TOOL_SRC := $(wildcard tests/tools/*.c)
+TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tests/%)
+TEST_ENV := CDNFS_BIN=$(abspath $(BUILD)/cdnfs) CDNFS_TOOLS=$(abspath $(BUILD)/tests) \
+	CDNFS_SIGV4_TOOL=$(abspath $(BUILD)/tests/sigv4-tool)
 
 .PHONY: all check asan unit deps test-deps demo install clean format lint bench fuzz integration
 
@@ -60,10 +64,12 @@ endif
 
 $(BUILD)/libcdnfs.a: $(LIB_OBJ)
 	@mkdir -p $(@D)
-	rm -f $@ && ar rcs $@ $^
+	@echo "  AR      $@"
+	@rm -f $@ && ar rcs $@ $^
 
 $(BUILD)/cdnfs: $(BUILD)/fs/main.o $(BUILD)/libcdnfs.a
-	$(CC) $(LDFLAGS_ALL) -o $@ $^ $(PKG_LIBS)
+	@echo "  LD      $@"
+	@$(CC) $(LDFLAGS_ALL) -o $@ $^ $(PKG_LIBS)
 
 $(BUILD)/%.o: %.c $(wildcard include/*.h) $(wildcard fs/*.h s3/*.h cdn/*.h core/*.h)
 	@mkdir -p $(@D)
@@ -72,7 +78,13 @@ $(BUILD)/%.o: %.c $(wildcard include/*.h) $(wildcard fs/*.h s3/*.h cdn/*.h core/
 
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/tap.h $(BUILD)/libcdnfs.a
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS_ALL) -Itests/unit -o $@ $< $(BUILD)/libcdnfs.a $(LDFLAGS_ALL) $(PKG_LIBS)
+	@echo "  CCLD    $@"
+	@$(CC) $(CFLAGS_ALL) -Itests/unit -o $@ $< $(BUILD)/libcdnfs.a $(LDFLAGS_ALL) $(PKG_LIBS)
+
+$(BUILD)/tests/%: tests/tools/%.c $(BUILD)/libcdnfs.a
+	@mkdir -p $(@D)
+	@echo "  CCLD    $@"
+	@$(CC) $(CFLAGS_ALL) -Itests/unit -o $@ $< $(BUILD)/libcdnfs.a $(LDFLAGS_ALL) $(PKG_LIBS)
 
 unit: $(UNIT_BIN)
 	@tests/run-unit $(UNIT_BIN)
@@ -85,11 +97,11 @@ test-deps:
 
 # The whole suite: unit tests, then integration tests through a real mount
 # against a throwaway Ceph RADOS Gateway.  The last line is the count.
-check: test-deps $(BUILD)/cdnfs $(UNIT_BIN)
-	@CDNFS_BIN=$(abspath $(BUILD)/cdnfs) tests/run-all $(UNIT_BIN)
+check: test-deps $(BUILD)/cdnfs $(UNIT_BIN) $(TOOL_BIN)
+	@$(TEST_ENV) tests/run-all $(UNIT_BIN)
 
-integration: test-deps $(BUILD)/cdnfs
-	@CDNFS_BIN=$(abspath $(BUILD)/cdnfs) tests/run-all
+integration: test-deps $(BUILD)/cdnfs $(TOOL_BIN)
+	@$(TEST_ENV) tests/run-all
 
 asan:
 	$(MAKE) BUILD=build-asan SANITIZE=1 OPT="-O1 -g" check

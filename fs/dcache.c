@@ -529,7 +529,9 @@ static void meta_sync(struct dcache *dc, struct dc_entry *e)
 
 	buf_init(&text, DC_META_MAX);
 	pthread_mutex_lock(&dc->lock);
-	while (!e->meta_busy && !e->doomed && !e->opening && e->meta_seq != e->meta_saved) {
+	/* No sidecar for a file not (yet) holding this version: opening/trunc. */
+	while (!e->meta_busy && !e->doomed && !e->opening && !e->trunc &&
+	       e->meta_seq != e->meta_saved) {
 		seq = e->meta_seq;
 		buf_reset(&text);
 		if (meta_format(dc, e, &text) < 0)
@@ -616,30 +618,32 @@ static void entry_release(struct dcache *dc, struct dc_entry *e)
 
 /* --- opening ------------------------------------------------------------------ */
 
-static int open_data(struct dcache *dc, const struct dc_entry *e, int trunc)
+/* The directory DIR/data/XX of an entry, created 0700 when missing. */
+static int subdir_make(struct dcache *dc, const struct dc_entry *e)
 {
-	int flags = O_RDWR | O_CREAT | O_CLOEXEC | (trunc ? O_TRUNC : 0);
-	int fd = open(e->path, flags, 0600);
 	char *sub = NULL;
 	int rc;
 
-	if (fd < 0 && errno == ENOENT) {
-		if (asprintf(&sub, "%s/%.2s", dc->data, e->hash) < 0)
-			return -ENOMEM;
-		rc = mkdir_private(sub);
-		free(sub);
-		if (rc < 0)
-			return rc;
+	if (asprintf(&sub, "%s/%.2s", dc->data, e->hash) < 0)
+		return -ENOMEM;
+	rc = mkdir_private(sub);
+	free(sub);
+	return rc;
+}
+
+/* Open the data file read-write, 0600 whatever the umask.  fd or -errno. */
+static int open_data(struct dcache *dc, const struct dc_entry *e, int trunc)
+{
+	int flags = O_RDWR | O_CREAT | O_CLOEXEC | (trunc ? O_TRUNC : 0);
+	int fd = open(e->path, flags, 0600), rc = 0;
+
+	if (fd < 0 && errno == ENOENT && (rc = subdir_make(dc, e)) == 0)
 		fd = open(e->path, flags, 0600);
-	}
-	if (fd < 0)
-		return -errno;
-	if (fchmod(fd, 0600) < 0) {
+	if (rc == 0 && (fd < 0 || fchmod(fd, 0600) < 0))
 		rc = -errno;
+	if (rc < 0 && fd >= 0)
 		close(fd);
-		return rc;
-	}
-	return fd;
+	return rc < 0 ? rc : fd;
 }
 
 /* Open (and for a new version first truncate) the file of an entry this
@@ -675,10 +679,11 @@ int dcache_get(struct dcache *dc, const char *key, const char *etag, uint64_t si
 	*out = NULL;
 	rc = key_hash(key, hash);
 	if (rc < 0)
-		return rc;
+		goto out;
+	rc = -ENOMEM;
 	f = calloc(1, sizeof(*f));
 	if (!f)
-		return -ENOMEM;
+		goto out;
 	pthread_mutex_lock(&dc->lock);
 	rc = lookup_locked(dc, hash, key, etag ? etag : "", size, compressed, 0, &e);
 	if (rc == 0) {
@@ -692,14 +697,15 @@ int dcache_get(struct dcache *dc, const char *key, const char *etag, uint64_t si
 	pthread_mutex_unlock(&dc->lock);
 	if (rc == 0 && need_open && (rc = entry_open(dc, e, trunc)) < 0)
 		entry_release(dc, e);
-	if (rc < 0) {
-		free(f);
-		return rc;
-	}
+	if (rc < 0)
+		goto out;
 	f->dc = dc;
 	f->e = e;
 	*out = f;
-	return 0;
+	f = NULL;
+out:
+	free(f);
+	return rc;
 }
 
 void dcache_put(struct dc_file *f)
@@ -993,13 +999,8 @@ int dcache_fill(struct dc_file *f)
 /* Move the staged file into place for an entry this thread marked opening. */
 static int adopt_file(struct dcache *dc, struct dc_entry *e, const char *staged)
 {
-	char *sub = NULL;
-	int rc;
+	int rc = subdir_make(dc, e);
 
-	if (asprintf(&sub, "%s/%.2s", dc->data, e->hash) < 0)
-		return -ENOMEM;
-	rc = mkdir_private(sub);
-	free(sub);
 	if (rc == 0)
 		rc = unlink_quiet(e->meta); /* the old version's claims go first */
 	if (rc == 0 && rename(staged, e->path) < 0)
@@ -1036,6 +1037,8 @@ int dcache_adopt(struct dcache *dc, const char *key, const char *etag, uint64_t 
 	if (rc == 0) {
 		e->trunc = 0;
 		entry_mark_all(dc, e);
+	} else if (!e->doomed) {
+		entry_doom(dc, e); /* whatever was cached for key is stale now */
 	}
 	e->opening = 0;
 	pthread_cond_broadcast(&dc->cond);

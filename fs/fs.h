@@ -87,6 +87,7 @@ struct node {
 	int listing;             /* dirs: a listing is running */
 	int listed_big;          /* dirs: too big for a recursive listing */
 	struct wb_job *job;      /* pending write-back for this key, or NULL */
+	uint64_t kc_hash;        /* hash of the ETag the kernel's page cache holds, 0 none */
 };
 
 struct fs {

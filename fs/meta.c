@@ -107,6 +107,31 @@ static void apply_known(struct node *n, const struct ac_entry *e)
 	n->known = 1;
 }
 
+/* A "dir/" marker object: its metadata (s3fs keeps mode/uid/gid/mtime of
+ * directories there) from the attribute cache, else a HEAD later. */
+static void merge_marker(struct fs *fs, struct node *n, const struct s3_entry *e,
+			 const char *fullkey)
+{
+	struct ac_entry ce;
+	const char *etag = e->etag ? e->etag : "";
+
+	if (n->job)
+		return;
+	if (n->remote && n->known && strcmp(n->etag, etag) == 0)
+		return;
+	n->remote = 1;
+	n->rsize = e->size;
+	snprintf(n->etag, sizeof(n->etag), "%s", etag);
+	if (attrcache_get(fs->ac, fullkey, etag, e->size, &ce)) {
+		apply_known(n, &ce);
+		n->a.mode = (n->a.mode & ~S_IFMT) | S_IFDIR;
+	} else {
+		tree_default_attr(fs, &n->a, S_IFDIR);
+		n->a.mtime = e->mtime;
+		n->known = 0;
+	}
+}
+
 /* Merge one object entry at rel path (relative to dir, may contain '/'). */
 static void merge_entry(struct fs *fs, struct node *dir, const char *rel,
 			const struct s3_entry *e, const char *fullkey, double now)
@@ -134,10 +159,7 @@ static void merge_entry(struct fs *fs, struct node *dir, const char *rel,
 				tree_default_attr(fs, &n->a, S_IFDIR);
 			n->seen = now;
 			if (p[len + 1] == '\0') { /* marker object */
-				n->remote = 1;
-				snprintf(n->etag, sizeof(n->etag), "%s", e->etag ? e->etag : "");
-				if (!n->known)
-					n->a.mtime = e->mtime;
+				merge_marker(fs, n, e, fullkey);
 				return;
 			}
 			d = n;
@@ -371,7 +393,7 @@ static int collect_cb(const char *name, void *v, void *arg)
 	struct buf key;
 
 	(void)name;
-	if (n->known || !n->remote || n->job || n->kids)
+	if (n->known || !n->remote || n->job)
 		return 0;
 	if (cc->n == cc->cap) {
 		size_t nc = cc->cap ? cc->cap * 2 : 64;
@@ -385,7 +407,7 @@ static int collect_cb(const char *name, void *v, void *arg)
 		cc->cap = nc;
 	}
 	buf_init(&key, 8192);
-	if (tree_key(cc->fs, n, 0, &key) < 0) {
+	if (tree_key(cc->fs, n, n->kids != NULL, &key) < 0) {
 		cc->err = -ENOMEM;
 		return 1;
 	}
@@ -411,6 +433,8 @@ static void apply_heads(struct fs *fs, struct node *dir, struct collect_ctx *cc)
 			continue;
 		buf_init(&path, 8192);
 		if (buf_addch(&path, '/') == 0 && buf_addstr(&path, hj->key + plen) == 0) {
+			if (path.len > 1 && path.data[path.len - 1] == '/')
+				path.data[--path.len] = '\0';
 			n = tree_find(fs, buf_str(&path));
 			if (n && n->parent == dir && !n->job && strcmp(n->etag, hj->obj.etag) == 0)
 				meta_apply_head(fs, n, &hj->obj);
@@ -494,7 +518,7 @@ static int resolve_once(struct fs *fs, const char *path, struct node **out, int 
 		memcpy(comp, p, len);
 		comp[len] = '\0';
 		c = tree_child(n, comp);
-		if (!c && !fresh(fs, n)) {
+		if (!fresh(fs, n) && !(c && c->job)) {
 			int rc = meta_ensure_listed(fs, n, 0);
 
 			if (rc < 0)
@@ -522,7 +546,7 @@ int meta_resolve(struct fs *fs, const char *path, struct node **out)
 	}
 	if (rc == 0 && again)
 		rc = -EIO;
-	if (rc == 0 && (*out)->parent && !(*out)->known && !(*out)->job && !(*out)->kids) {
+	if (rc == 0 && (*out)->parent && !(*out)->known && !(*out)->job && (*out)->remote) {
 		struct node *parent = (*out)->parent;
 
 		rc = meta_ensure_attrs(fs, parent);
@@ -661,7 +685,7 @@ void meta_apply_head(struct fs *fs, struct node *n, const struct s3_obj *o)
 	n->rsize = o->size;
 	snprintf(n->etag, sizeof(n->etag), "%s", o->etag);
 	buf_init(&key, 8192);
-	if (tree_key(fs, n, 0, &key) == 0)
+	if (tree_key(fs, n, n->kids != NULL, &key) == 0)
 		attrcache_put(fs->ac, buf_str(&key), &e);
 	buf_release(&key);
 }

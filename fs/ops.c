@@ -33,6 +33,8 @@ struct ofile {
 	struct dc_file *dc;   /* cached remote object, or NULL */
 	int writable;
 	int dirty;
+	char *lazy;           /* opened for write, nothing written yet: the path */
+	int keep_cache;       /* same version as the last open: keep page cache */
 };
 
 #define LOCK(fs) pthread_mutex_lock(&(fs)->lock)
@@ -451,7 +453,7 @@ static int stage_for_write(struct fs *fs, const char *path, struct node *n, int 
 	return rc;
 }
 
-static int open_write(struct fs *fs, const char *path, int flags, struct ofile *of)
+static int open_write_now(struct fs *fs, const char *path, int flags, struct ofile *of)
 {
 	struct node *n;
 	struct wb_job *j = NULL;
@@ -480,6 +482,44 @@ static int open_write(struct fs *fs, const char *path, int flags, struct ofile *
 	return 0;
 }
 
+/* Open for writing.  An uploaded file opened without O_TRUNC is staged only
+ * at its first write, so an open that writes nothing (touch, an editor that
+ * only looks) costs no download and no upload.  Locked. */
+static int open_write(struct fs *fs, const char *path, int flags, struct ofile *of)
+{
+	struct node *n;
+	int rc = meta_resolve(fs, path, &n);
+
+	if (rc < 0)
+		return rc;
+	if (n->kids)
+		return -EISDIR;
+	if (!(flags & O_TRUNC) && !(n->job && n->job->kind == WB_PUT && n->job->data) &&
+	    n->remote && n->a.size > 0) {
+		of->lazy = strdup(path);
+		of->writable = 1;
+		return of->lazy ? 0 : -ENOMEM;
+	}
+	return open_write_now(fs, path, flags, of);
+}
+
+/* The first write to a lazily opened file stages it. Unlocked. */
+static int materialize(struct fs *fs, struct ofile *of)
+{
+	int rc;
+
+	if (!of->lazy)
+		return 0;
+	LOCK(fs);
+	rc = of->lazy ? open_write_now(fs, of->lazy, 0, of) : 0;
+	if (rc == 0) {
+		free(of->lazy);
+		of->lazy = NULL;
+	}
+	UNLOCK(fs);
+	return rc;
+}
+
 static int open_read(struct fs *fs, const char *path, struct ofile *of)
 {
 	struct node *n;
@@ -504,6 +544,9 @@ static int open_read(struct fs *fs, const char *path, struct ofile *of)
 	snprintf(etag, sizeof(etag), "%s", n->etag);
 	size = n->a.size;
 	compressed = n->compressed;
+	/* the kernel may keep its page cache when the object did not change */
+	of->keep_cache = n->kc_hash == hash_str(etag);
+	n->kc_hash = hash_str(etag);
 	rc = node_key(fs, n, &key);
 	if (rc == 0) {
 		UNLOCK(fs);
@@ -516,6 +559,7 @@ static int open_read(struct fs *fs, const char *path, struct ofile *of)
 
 static void ofile_free(struct fs *fs, struct ofile *of)
 {
+	free(of->lazy);
 	if (of->fd >= 0)
 		close(of->fd);
 	if (of->dc)
@@ -553,6 +597,7 @@ static int op_open(const char *path, struct fuse_file_info *fi)
 		return rc;
 	}
 	fi->fh = (uint64_t)(uintptr_t)of;
+	fi->keep_cache = (unsigned)of->keep_cache;
 	return 0;
 }
 
@@ -613,6 +658,8 @@ static int op_read(const char *path, char *buf, size_t size, off_t off,
 	ssize_t n;
 
 	(void)path;
+	if (of->lazy && materialize(ctx_fs(), of) < 0)
+		return -EIO;
 	if (of->fd >= 0) {
 		n = pread(of->fd, buf, size, off);
 		return n < 0 ? -errno : (int)n;
@@ -631,6 +678,12 @@ static int op_write(const char *path, const char *buf, size_t size, off_t off,
 	(void)path;
 	if (!of->writable)
 		return -EBADF;
+	if (of->lazy) {
+		int rc = materialize(fs, of);
+
+		if (rc < 0)
+			return rc;
+	}
 	n = pwrite(of->fd, buf, size, off);
 	if (n < 0)
 		return n == -1 && errno == ENOSPC ? -ENOSPC : -errno;
@@ -657,9 +710,24 @@ static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 
 	if (fs->conf.ro)
 		return -EROFS;
+	if (of && of->lazy)
+		rc = size == 0 ? 0 : materialize(fs, of);
+	if (rc < 0)
+		return rc;
+	if (of && of->lazy) { /* truncated to 0 before any write: no download */
+		LOCK(fs);
+		rc = open_write_now(fs, of->lazy, O_TRUNC, of);
+		if (rc == 0) {
+			free(of->lazy);
+			of->lazy = NULL;
+		}
+		UNLOCK(fs);
+		if (rc < 0)
+			return rc;
+	}
 	if (!of || !of->writable) {
 		LOCK(fs);
-		rc = open_write(fs, path, size == 0 ? O_TRUNC : 0, &tmp);
+		rc = open_write_now(fs, path, size == 0 ? O_TRUNC : 0, &tmp);
 		UNLOCK(fs);
 		of = &tmp;
 	}
@@ -692,7 +760,7 @@ static int op_release(const char *path, struct fuse_file_info *fi)
 	struct ofile *of = (struct ofile *)(uintptr_t)fi->fh;
 
 	(void)path;
-	if (of->writable) {
+	if (of->writable && !of->lazy) {
 		struct stat sb;
 		int have = fstat(of->fd, &sb) == 0;
 
@@ -1009,7 +1077,8 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 	struct fs *fs = ctx_fs();
 	double t = fs->conf.stat_ttl < 1.0 ? fs->conf.stat_ttl : 1.0;
 
-	(void)conn;
+	conn->max_write = 1 << 20;
+	conn->max_readahead = 1 << 20;
 	cfg->entry_timeout = t;
 	cfg->attr_timeout = t;
 	cfg->negative_timeout = t;

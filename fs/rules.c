@@ -552,7 +552,7 @@ static int parse_string(struct rules *rs, int id, const char *value, const char 
 	if (rc < 0)
 		return rc;
 	if (id == S_CTYPE && (!slash || slash == value || !slash[1] ||
-			      strcspn(value, " ;") < (size_t)(slash - value)))
+			      strcspn(value, " ;=") < (size_t)(slash - value)))
 		return fail(err, "bad content_type '%s' (expected TYPE/SUBTYPE)", value);
 	*val = pool_dup(rs, value, strlen(value));
 	return *val ? 0 : -ENOMEM;
@@ -628,6 +628,15 @@ static int meta_index(struct rules *rs, const char *name, size_t *idx, struct bu
 
 #define META_CHARS "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"
 
+/* Names fs/meta.c and fs/wb.c write on every upload (s3fs's POSIX
+ * attributes, cdnfs-*): a rule may not send them a second time. */
+static int meta_reserved(const char *lname)
+{
+	static const char *const names[] = { "mode", "uid", "gid", "mtime" };
+
+	return strncmp(lname, "cdnfs-", 6) == 0 || lookup(names, ARRAY_SIZE(names), lname);
+}
+
 /* meta.NAME = VALUE; "" removes the header. */
 static int rule_meta(struct rules *rs, struct rule *r, const char *name, const char *value,
 		     int line, struct buf *err)
@@ -642,6 +651,10 @@ static int rule_meta(struct rules *rs, struct rule *r, const char *name, const c
 			    name);
 	for (i = 0; i <= len; i++)
 		lname[i] = (char)tolower((unsigned char)name[i]);
+	if (meta_reserved(lname))
+		return fail(err, "metadata name 'meta.%s' is reserved for the file attributes "
+				 "cdnfs stores itself",
+			    lname);
 	snprintf(what, sizeof(what), "meta.%s", lname);
 	rc = *value ? check_value(what, value, err) : 0;
 	if (rc == 0)

@@ -22,7 +22,8 @@
 //                   disabled, the default since 2023, reject any ACL)
 //   sse             AES256 | aws:kms | aws:kms:dsse;  sse_kms_key_id
 //   signed_url_ttl  seconds, or N with s/m/h/d; at most 7 days
-//   meta.NAME       x-amz-meta-NAME (NAME: letters, digits, '-', '_'; lowercased)
+//   meta.NAME       x-amz-meta-NAME (NAME: letters, digits, '-', '_'; lowercased;
+//                   not mode, uid, gid, mtime or cdnfs-*, which cdnfs writes)
 // Enumerated values are case-insensitive.  An empty value ("") resets the
 // setting to its default for the keys this rule matches.  Header values must
 // be printable ASCII (no control characters: no header injection).
@@ -105,9 +106,9 @@ int rules_builtin(const struct rules *r);
 
 // Match a glob against a whole key, byte by byte, case-sensitively:
 //   *      any run of bytes without '/'
-//   **     any run of bytes, '/' included: "static/**" matches everything
-//          under static/ (not "static" itself, "statics/x", or ...)
-//   **\/   as a whole segment: zero or more whole segments, so "**\/*.html"
+//   **     any run of bytes, '/' included: "static/**" matches every key
+//          under static/ ("static/" too), not "static" nor "statics/x"
+//   **/    as a whole segment: zero or more whole segments, so "**/*.html"
 //          matches "index.html" and "a/b/index.html"
 //   ?      one byte other than '/'
 //   [...]  one byte (never '/') of a class: ranges "a-z", negation "[!...]"

@@ -504,7 +504,7 @@ out:
 
 static int run_put(struct wb *wb, struct snapshot *s)
 {
-	struct sigv4_kv kv[40];
+	struct sigv4_kv kv[RULES_HEADERS_MAX + 8];
 	struct s3_hdrs h = { kv, 0 };
 	struct buf st;
 	struct stat sb;
@@ -578,7 +578,7 @@ int wb_server_copy(struct wb *wb, const char *src, const char *dst, const struct
 		   char etag[S3_ETAG_MAX], uint64_t *rsize, int *compressed)
 {
 	struct s3_obj o;
-	struct sigv4_kv kv[40];
+	struct sigv4_kv kv[RULES_HEADERS_MAX + 8];
 	struct s3_hdrs h = { kv, 0 };
 	struct snapshot s = { 0 };
 	struct buf st;
@@ -638,8 +638,7 @@ static void finish(struct wb *wb, struct wb_job *j, struct snapshot *s)
 		e.rsize = s->rsize;
 		e.a = s->a;
 		e.compressed = s->compressed;
-		if (!s->is_marker)
-			attrcache_put(wb->fs->ac, s->key, &e);
+		attrcache_put(wb->fs->ac, s->key, &e);
 		if (n) {
 			n->remote = 1;
 			n->known = 1;

@@ -92,8 +92,8 @@ def test_nested_prefixes_and_markers(s3, bucket, mount):
         assert read_file(m.path / k) == objs[k]
     with pytest.raises(FileNotFoundError):
         os.stat(m.path / "a" / "nope")
-    with pytest.raises(FileNotFoundError):
-        os.stat(m.path / "a" / "b" / "c" / "file" / "..x")
+    with pytest.raises(NotADirectoryError):
+        os.stat(m.path / "a" / "b" / "c" / "file" / "x")
     with pytest.raises(NotADirectoryError):
         os.listdir(m.path / "top")
 
@@ -222,8 +222,6 @@ def test_s3fs_metadata(s3, bucket, mount):
         "mode": str(0o100600), "uid": "1234", "gid": "2345", "mtime": "1600000000"})
     s3.put_object(Bucket=bucket, Key="f755", Body=b"x", Metadata={
         "mode": str(0o100755), "uid": "0", "gid": "0", "mtime": "1500000000.25"})
-    s3.put_object(Bucket=bucket, Key="d/", Body=b"", Metadata={
-        "mode": str(0o40700), "uid": "4321", "gid": "5432", "mtime": "1400000000"})
     m = mount(bucket)
     st = os.stat(m.path / "f600")
     assert st.st_mode == 0o100600, oct(st.st_mode)
@@ -235,10 +233,20 @@ def test_s3fs_metadata(s3, bucket, mount):
     assert (st.st_uid, st.st_gid) == (0, 0)
     assert int(st.st_mtime) == 1500000000
     assert abs(st.st_mtime - 1500000000.25) < 0.01
+    assert read_file(m.path / "f600") == b"abc"
+
+
+def test_s3fs_metadata_on_directory_marker(s3, bucket, mount):
+    """s3fs writes "dir/" markers with mode 040755 etc.; a marker's metadata
+    gives the directory's attributes."""
+    s3.put_object(Bucket=bucket, Key="d/", Body=b"", Metadata={
+        "mode": str(0o40700), "uid": "4321", "gid": "5432", "mtime": "1400000000"})
+    s3.put_object(Bucket=bucket, Key="d/inner", Body=b"i")
+    m = mount(bucket)
     st = os.stat(m.path / "d")
     assert st.st_mode == 0o40700, oct(st.st_mode)
     assert (st.st_uid, st.st_gid, int(st.st_mtime)) == (4321, 5432, 1400000000)
-    assert read_file(m.path / "f600") == b"abc"
+    assert listdir(m.path / "d") == ["inner"]
 
 
 def test_default_attributes(s3, bucket, mount):

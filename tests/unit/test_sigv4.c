@@ -573,12 +573,10 @@ static void test_errors(void)
 	static const struct sigv4_kv badname[] = { { "bad name", "v" } };
 	static const struct sigv4_kv crlf[] = { { "x-a", "v\r\nx-b: 1" } };
 	static const struct sigv4_kv nullq[] = { { NULL, "v" } };
-	static const struct sigv4_kv sigq[] = { { "X-Amz-Signature", "0" } };
-	struct sigv4_request r = { "GET", "/", NULL, 0, suite_h, 2, EMPTY };
+	const struct sigv4_request r = { "GET", "/", NULL, 0, suite_h, 2, EMPTY };
 	struct sigv4_request bad;
 	struct sigv4_scope sc = suite_scope;
 	struct sigv4_creds cr = suite_creds;
-	struct buf b;
 
 	bad = r, bad.method = "G T";
 	auth_fails(&bad, &sc, &cr, -EINVAL, "a method with a space");
@@ -612,7 +610,17 @@ static void test_errors(void)
 	auth_fails(&r, &sc, &cr, -EINVAL, "an empty access key");
 	cr = suite_creds, cr.secret_key = "";
 	auth_fails(&r, &sc, &cr, -EINVAL, "an empty secret");
-	cr = suite_creds;
+}
+
+/* Caps, NULLs and presign limits. */
+static void test_limits(void)
+{
+	static const struct sigv4_kv sigq[] = { { "X-Amz-Signature", "0" } };
+	const struct sigv4_request r = { "GET", "/", NULL, 0, suite_h, 2, EMPTY };
+	struct sigv4_request bad;
+	const struct sigv4_scope sc = suite_scope;
+	const struct sigv4_creds cr = suite_creds;
+	struct buf b;
 
 	buf_init(&b, 40); /* the cap is honoured and the buf released */
 	is_int(sigv4_authorization(&b, &r, &sc, &cr), -E2BIG, "a small cap is -E2BIG");
@@ -647,5 +655,6 @@ int main(void)
 	test_query_order();
 	test_signed_headers();
 	test_errors();
+	test_limits();
 	return tap_done();
 }
