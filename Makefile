@@ -49,7 +49,8 @@ UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 TOOL_SRC := $(wildcard tests/tools/*.c)
 TOOL_BIN := $(TOOL_SRC:tests/tools/%.c=$(BUILD)/tests/%)
 TEST_ENV := CDNFS_BIN=$(abspath $(BUILD)/cdnfs) CDNFS_TOOLS=$(abspath $(BUILD)/tests) \
-	CDNFS_SIGV4_TOOL=$(abspath $(BUILD)/tests/sigv4-tool)
+	CDNFS_SIGV4_TOOL=$(abspath $(BUILD)/tests/sigv4-tool) \
+	DCACHE_TEST_BIN=$(abspath $(BUILD)/tests/dcache-test)
 
 .PHONY: all check asan unit deps test-deps demo install clean format lint bench fuzz integration
 
@@ -84,7 +85,7 @@ $(BUILD)/tests/%: tests/unit/%.c tests/unit/tap.h $(BUILD)/libcdnfs.a
 $(BUILD)/tests/%: tests/tools/%.c $(BUILD)/libcdnfs.a
 	@mkdir -p $(@D)
 	@echo "  CCLD    $@"
-	@$(CC) $(CFLAGS_ALL) -Itests/unit -o $@ $< $(BUILD)/libcdnfs.a $(LDFLAGS_ALL) $(PKG_LIBS)
+	@$(CC) $(CFLAGS_ALL) -Itests/unit -Ifs -o $@ $< $(BUILD)/libcdnfs.a $(LDFLAGS_ALL) $(PKG_LIBS)
 
 unit: $(UNIT_BIN)
 	@tests/run-unit $(UNIT_BIN)

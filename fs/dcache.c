@@ -42,8 +42,10 @@
  * sidecar never claims data that is not in the file (no fsync: after a
  * power cut the data may be lost while a sidecar survived).  dc->st.bytes is
  * the sum of e->bytes over indexed entries; e->bytes is the size of the
- * chunks present.  Open entries are never evicted, so the cache exceeds
- * max_bytes while they hold more than that.
+ * chunks present.  Idle entries are evicted (taken off the index) in the
+ * same critical section that makes the total exceed max_bytes, and unlinked
+ * right after; open entries are never evicted, so the total exceeds
+ * max_bytes only while open files hold more than that.
  *
  * Locking: dc->lock protects the index, both lists, the stats, dc->jobs,
  * every mutable field of every entry (refs, fd, bitmaps, version, flags,
@@ -562,25 +564,33 @@ static void entry_unlink_free(struct dcache *dc, struct dc_entry *e)
 	entry_free(e);
 }
 
-/* Evict idle entries, least recently used first, down to 90% of max_bytes. */
-static void evict_maybe(struct dcache *dc)
+/* Take idle entries off the index, least recently used first, until the
+ * total is under 90% of max_bytes; the caller unlinks them (evict_unlink)
+ * after unlocking.  Done in the same critical section that added the bytes,
+ * so the total never shows more than max_bytes but for open files. */
+static struct dc_entry *evict_pick_locked(struct dcache *dc)
 {
 	struct dc_entry *e, *next, *victims = NULL;
 	uint64_t max = dc->conf.max_bytes, target = max - max / 10;
 
-	pthread_mutex_lock(&dc->lock);
-	if (max && dc->st.bytes > max) {
-		for (e = dc->lru.head; e && dc->st.bytes > target; e = next) {
-			next = e->next;
-			if (e->refs || e->opening)
-				continue;
-			entry_doom(dc, e);
-			e->victim = victims;
-			victims = e;
-			dc->st.evicted_files++;
-		}
+	if (!max || dc->st.bytes <= max)
+		return NULL;
+	for (e = dc->lru.head; e && dc->st.bytes > target; e = next) {
+		next = e->next;
+		if (e->refs || e->opening)
+			continue;
+		entry_doom(dc, e);
+		e->victim = victims;
+		victims = e;
+		dc->st.evicted_files++;
 	}
-	pthread_mutex_unlock(&dc->lock);
+	return victims;
+}
+
+static void evict_unlink(struct dcache *dc, struct dc_entry *victims)
+{
+	struct dc_entry *e, *next;
+
 	for (e = victims; e; e = next) {
 		next = e->victim;
 		log_debug("evicting '%s' from the cache", e->key);
@@ -589,20 +599,22 @@ static void evict_maybe(struct dcache *dc)
 }
 
 /* Drop a reference; the last one closes the file (recording the access time
- * for the LRU order of the next mount) and unlinks a doomed entry. */
+ * for the LRU order of the next mount), unlinks a doomed entry and makes
+ * room if the cache is over its size. */
 static void entry_release(struct dcache *dc, struct dc_entry *e)
 {
 	const struct timespec ts[2] = { { 0, UTIME_NOW }, { 0, UTIME_OMIT } };
-	int fd = -1, last = 0, drop = 0;
+	struct dc_entry *victims = NULL;
+	int fd = -1, drop = 0;
 
 	meta_sync(dc, e);
 	pthread_mutex_lock(&dc->lock);
 	if (--e->refs == 0) {
-		last = 1;
 		fd = e->fd;
 		e->fd = -1;
 		drop = e->doomed;
 		lru_touch(dc, e);
+		victims = evict_pick_locked(dc); /* may take e itself */
 	}
 	pthread_mutex_unlock(&dc->lock);
 	if (fd >= 0) {
@@ -612,8 +624,7 @@ static void entry_release(struct dcache *dc, struct dc_entry *e)
 	}
 	if (drop)
 		entry_unlink_free(dc, e);
-	else if (last)
-		evict_maybe(dc);
+	evict_unlink(dc, victims);
 }
 
 /* --- opening ------------------------------------------------------------------ */
@@ -807,10 +818,13 @@ static int fetch_whole(struct dcache *dc, struct dc_entry *e, uint64_t *got)
 	return rc;
 }
 
-/* Record the end of a fetch of chunk i that this thread claimed. */
-static void fetch_publish(struct dcache *dc, struct dc_entry *e, uint64_t i, int rc,
-			  uint64_t got)
+/* Record the end of a fetch of chunk i that this thread claimed; returns
+ * the entries evicted to make room, for evict_unlink. */
+static struct dc_entry *fetch_publish(struct dcache *dc, struct dc_entry *e, uint64_t i,
+				      int rc, uint64_t got)
 {
+	struct dc_entry *victims;
+
 	pthread_mutex_lock(&dc->lock);
 	dc->st.fetched_bytes += got;
 	bit_clr(e->inflight, i);
@@ -827,8 +841,10 @@ static void fetch_publish(struct dcache *dc, struct dc_entry *e, uint64_t i, int
 			dc->st.bytes += n;
 		e->meta_seq++;
 	}
+	victims = evict_pick_locked(dc);
 	pthread_cond_broadcast(&dc->cond);
 	pthread_mutex_unlock(&dc->lock);
+	return victims;
 }
 
 /* Fetch chunk i, claimed by this thread (inflight bit set); then record it,
@@ -836,6 +852,7 @@ static void fetch_publish(struct dcache *dc, struct dc_entry *e, uint64_t i, int
 static int fetch_claimed(struct dcache *dc, struct dc_entry *e, uint64_t i)
 {
 	uint64_t got = 0, off = i * dc->conf.chunk;
+	struct dc_entry *victims;
 	int rc = e->compressed ? fetch_whole(dc, e, &got) : fetch_chunk(dc, e, i, &got);
 
 	if (rc == -ESTALE)
@@ -845,11 +862,10 @@ static int fetch_claimed(struct dcache *dc, struct dc_entry *e, uint64_t i)
 	else if (rc < 0)
 		log_warn("cannot fetch '%s' bytes %llu-%llu: %s", e->key, (unsigned long long)off,
 			 (unsigned long long)(off + chunk_len(dc, e, i)), strerror(-rc));
-	fetch_publish(dc, e, i, rc, got);
-	if (rc == 0) {
+	victims = fetch_publish(dc, e, i, rc, got);
+	if (rc == 0)
 		meta_sync(dc, e);
-		evict_maybe(dc);
-	}
+	evict_unlink(dc, victims);
 	return rc;
 }
 
@@ -1201,7 +1217,17 @@ static int read_text(const char *path, char **out)
 	return rc;
 }
 
-/* The data file must hold every chunk the sidecar claims. */
+static int ts_cmp(const struct timespec *a, const struct timespec *b)
+{
+	if (a->tv_sec != b->tv_sec)
+		return a->tv_sec < b->tv_sec ? -1 : 1;
+	if (a->tv_nsec != b->tv_nsec)
+		return a->tv_nsec < b->tv_nsec ? -1 : 1;
+	return 0;
+}
+
+/* The data file must hold every chunk the sidecar claims.  Its last use is
+ * the later of atime (set at the last close) and mtime. */
 static int data_check(struct dcache *dc, struct dc_entry *e)
 {
 	struct stat st;
@@ -1212,7 +1238,7 @@ static int data_check(struct dcache *dc, struct dc_entry *e)
 	for (uint64_t i = 0; i < e->nchunks; i++)
 		if (bit_get(e->present, i))
 			need = i * dc->conf.chunk + chunk_len(dc, e, i);
-	e->atime = st.st_atim.tv_sec > st.st_mtim.tv_sec ? st.st_atim : st.st_mtim;
+	e->atime = ts_cmp(&st.st_atim, &st.st_mtim) > 0 ? st.st_atim : st.st_mtim;
 	return (uint64_t)st.st_size >= need ? 0 : -EINVAL;
 }
 
@@ -1353,11 +1379,7 @@ static int by_atime(const void *a, const void *b)
 	const struct dc_entry *x = *(struct dc_entry *const *)a;
 	const struct dc_entry *y = *(struct dc_entry *const *)b;
 
-	if (x->atime.tv_sec != y->atime.tv_sec)
-		return x->atime.tv_sec < y->atime.tv_sec ? -1 : 1;
-	if (x->atime.tv_nsec != y->atime.tv_nsec)
-		return x->atime.tv_nsec < y->atime.tv_nsec ? -1 : 1;
-	return 0;
+	return ts_cmp(&x->atime, &y->atime);
 }
 
 /* Rebuild the index from DIR/data; LRU order from the files' times. */
@@ -1425,6 +1447,7 @@ int dcache_open(struct dcache **out, const struct dcache_conf *conf, struct s3 *
 		struct wq *io)
 {
 	struct dcache *dc = NULL;
+	struct dc_entry *victims;
 	int rc = -EINVAL;
 
 	*out = NULL;
@@ -1456,7 +1479,10 @@ int dcache_open(struct dcache **out, const struct dcache_conf *conf, struct s3 *
 		log_error("cannot open the cache in '%s': %s", dc->dir, strerror(-rc));
 		goto out;
 	}
-	evict_maybe(dc);
+	pthread_mutex_lock(&dc->lock);
+	victims = evict_pick_locked(dc); /* cache_size may be smaller than last time */
+	pthread_mutex_unlock(&dc->lock);
+	evict_unlink(dc, victims);
 	*out = dc;
 	dc = NULL;
 out:

@@ -1002,6 +1002,38 @@ static int recover_one(struct wb *wb, const char *name)
 	return 1;
 }
 
+/* Data files with no journal entry belong to files that were never closed:
+ * drop them (never upload half-written data); likewise leftover temp files. */
+static void drop_orphans(struct wb *wb, DIR *d)
+{
+	struct dirent *de;
+
+	rewinddir(d);
+	while ((de = readdir(d))) {
+		const char *dot = strrchr(de->d_name, '.');
+		struct buf p;
+		int orphan = 0;
+
+		if (!dot || de->d_name[0] < '0' || de->d_name[0] > '9') {
+			if (strncmp(de->d_name, "z.", 2) == 0)
+				unlinkat(dirfd(d), de->d_name, 0);
+			continue;
+		}
+		buf_init(&p, 4096);
+		if (strcmp(dot, ".tmp") == 0)
+			orphan = 1;
+		else if (strcmp(dot, ".data") == 0 &&
+			 job_path(wb, strtoull(de->d_name, NULL, 10), "job", &p) == 0)
+			orphan = access(buf_str(&p), F_OK) != 0;
+		buf_release(&p);
+		if (orphan) {
+			log_info("dropping '%s/%s': never closed before the last stop", wb->dir,
+				 de->d_name);
+			unlinkat(dirfd(d), de->d_name, 0);
+		}
+	}
+}
+
 int wb_recover(struct wb *wb)
 {
 	DIR *d = opendir(wb->dir);
@@ -1016,13 +1048,10 @@ int wb_recover(struct wb *wb)
 
 		if (!dot || de->d_name[0] < '0' || de->d_name[0] > '9')
 			continue;
-		if (strcmp(dot, ".job") == 0) {
-			if (recover_one(wb, de->d_name) > 0)
-				count++;
-		} else if (strcmp(dot, ".tmp") == 0) {
-			unlinkat(dirfd(d), de->d_name, 0);
-		}
+		if (strcmp(dot, ".job") == 0 && recover_one(wb, de->d_name) > 0)
+			count++;
 	}
+	drop_orphans(wb, d);
 	closedir(d);
 	pthread_mutex_unlock(&wb->fs->lock);
 	if (count)
