@@ -286,13 +286,9 @@ def compressed_objects(s3, bucket):
     text = b"".join(b"line %d of a compressible asset\n" % i for i in range(120000))
     data = text + os.urandom(CHUNK // 3)  # > 3 chunks decoded
     objs = [put(s3, bucket, "gz", data, body=gzip.compress(data), ContentEncoding="gzip")]
-    try:
-        import brotli
-    except ImportError:  # python3-brotli (tests/deps.sh installs it)
-        brotli = None
-    if brotli:
-        objs.append(put(s3, bucket, "br", data, body=brotli.compress(data),
-                        ContentEncoding="br"))
+    import brotli  # python3-brotli: tests/deps.sh installs it; missing = a failure
+    objs.append(put(s3, bucket, "br", data, body=brotli.compress(data),
+                    ContentEncoding="br"))
     return objs
 
 
