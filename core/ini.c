@@ -26,6 +26,7 @@ struct ini_state {
 	int has_sub;
 	int line;               /* 1-based number of the current line */
 	int reported;           /* err holds the message of this failure */
+	int header_calls;       /* call fn with key NULL at each section header */
 };
 
 static int is_blank(char c)
@@ -194,17 +195,29 @@ static int parse_pair(struct ini_state *st, char *s)
 
 static int parse_line(struct ini_state *st, char *s)
 {
+	int rc;
+
 	s = trim(s);
 	if (*s == '\0' || *s == '#' || *s == ';')
 		return 0;
-	if (*s == '[')
-		return parse_header(st, s + 1);
+	if (*s == '[') {
+		rc = parse_header(st, s + 1);
+		if (rc == 0 && st->header_calls)
+			rc = ini_call(st, NULL, NULL);
+		return rc;
+	}
 	return parse_pair(st, s);
 }
 
 int ini_parse(const char *text, size_t len, ini_fn fn, void *arg, struct buf *err)
 {
-	struct ini_state st = { .fn = fn, .arg = arg, .err = err };
+	return ini_parse_ex(text, len, fn, arg, err, 0);
+}
+
+int ini_parse_ex(const char *text, size_t len, ini_fn fn, void *arg, struct buf *err,
+		 int header_calls)
+{
+	struct ini_state st = { .fn = fn, .arg = arg, .err = err, .header_calls = header_calls };
 	const char *p = text, *end = text + len, *nl;
 	struct buf line;
 	int rc = 0;

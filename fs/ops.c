@@ -765,11 +765,10 @@ static int op_release(const char *path, struct fuse_file_info *fi)
 		int have = fstat(of->fd, &sb) == 0;
 
 		LOCK(fs);
-		of->job->writers--;
 		if (have && of->job->node)
 			of->job->node->a.size = (uint64_t)sb.st_size;
 		/* even an untouched open-for-write of a new file journals it */
-		wb_touch(fs->wb, of->job);
+		wb_close_writer(fs->wb, of->job);
 		UNLOCK(fs);
 	}
 	ofile_free(fs, of);
@@ -786,13 +785,11 @@ static int op_fsync(const char *path, int datasync, struct fuse_file_info *fi)
 	(void)datasync;
 	LOCK(fs);
 	if (of && of->job) {
-		if (of->writable && of->job->writers == 1)
+		if (of->writable && of->job->gen != of->job->gen_done)
 			wb_touch(fs->wb, of->job); /* journal it now: it must survive */
 		if (of->job->writers > 1)
 			log_debug("fsync of '%s' with other writers open", path);
-		of->job->writers--; /* an open writer must not hold its own fsync */
-		rc = wb_sync(fs->wb, of->job);
-		of->job->writers++;
+		rc = wb_sync(fs->wb, of->job); /* runs even with writers open */
 	} else if (meta_resolve(fs, path, &n) == 0 && n->job) {
 		rc = wb_sync(fs->wb, n->job);
 	}

@@ -2,11 +2,13 @@
  * rename.c - renaming a directory: every key under it, in parallel.
  *
  * S3 has no directories, so `mv a b` of a directory is a copy and a delete
- * of every object under "a/".  Pending local changes under the directory are
- * uploaded first (so the listing has everything), then each object is copied
- * server-side with the headers its new path's rules give, in parallel on
- * the io queue, and only when every copy succeeded are the old keys
- * deleted, so a failure part-way leaves the old tree whole.
+ * of every object under "a/".  Staged files under the directory that are not
+ * uploaded yet simply follow the rename (their upload goes to the new name:
+ * a build directory renamed into place costs one PUT per file); metadata
+ * changes and deletes pending under it finish first.  Each object S3 has is
+ * copied server-side with the headers its new path's rules give, in
+ * parallel on the io queue, and only when every copy succeeded are the old
+ * keys deleted, so a failure part-way leaves the old tree whole.
  *
  * Locking: entered with fs->lock held; the requests run without it.
  */
@@ -135,53 +137,160 @@ static void mark_unlisted(struct node *d)
 	htab_foreach(d->kids, unlisted_cb, NULL);
 }
 
+/* A job under prefix that must finish before a directory rename: one that
+ * is running, or a metadata change or delete (only staged uploads can simply
+ * follow the rename). */
+struct blocker_ctx {
+	const char *prefix;
+	size_t plen;
+	struct wb_job *found;
+};
+
+static int blocker_cb(struct wb_job *j, void *arg)
+{
+	struct blocker_ctx *bc = arg;
+
+	if (strncmp(j->key, bc->prefix, bc->plen) != 0)
+		return 0;
+	if (j->running || j->kind != WB_PUT) {
+		bc->found = j;
+		return 1;
+	}
+	return 0;
+}
+
+static int put_keys_cb(struct wb_job *j, void *arg)
+{
+	struct blocker_ctx *bc = arg;
+
+	if (strncmp(j->key, bc->prefix, bc->plen) == 0 && j->kind == WB_PUT)
+		return htab_put((struct htab *)bc->found, j->key, j, NULL) < 0;
+	return 0;
+}
+
+/* Give every staged job under n the key of its node's new path. Locked. */
+static int rekey_subtree(struct fs *fs, struct node *n);
+
+static int rekey_cb(const char *k, void *v, void *arg)
+{
+	(void)k;
+	return rekey_subtree(arg, v) < 0;
+}
+
+static int rekey_subtree(struct fs *fs, struct node *n)
+{
+	struct buf key;
+	int rc = 0;
+
+	if (n->job) {
+		buf_init(&key, 8192);
+		rc = tree_key(fs, n, n->kids != NULL, &key);
+		if (rc == 0 && strcmp(n->job->key, buf_str(&key)) != 0)
+			rc = wb_rekey(fs->wb, n->job, buf_str(&key));
+		buf_release(&key);
+	}
+	if (rc == 0 && n->kids && htab_foreach(n->kids, rekey_cb, fs))
+		rc = -ENOMEM;
+	return rc;
+}
+
+/* Wait until only not-running staged uploads remain under prefix. Locked;
+ * drops the lock while waiting.  Returns 1 when it waited (start again). */
+static int settle_jobs(struct fs *fs, const char *prefix, int *rc)
+{
+	struct blocker_ctx bc = { prefix, strlen(prefix), NULL };
+
+	wb_foreach(fs->wb, blocker_cb, &bc);
+	if (!bc.found)
+		return 0;
+	if (bc.found->running)
+		wb_wait_idle(fs->wb, bc.found);
+	else
+		*rc = wb_sync(fs->wb, bc.found);
+	return 1;
+}
+
+static int check_dst(struct fs *fs, const char *to)
+{
+	struct node *dir, *dst;
+	const char *name;
+	int rc = meta_resolve_parent(fs, to, &dir, &name);
+
+	if (rc < 0)
+		return rc;
+	dst = tree_child(dir, name);
+	if (dst && !dst->kids)
+		return -ENOTDIR;
+	if (dst && htab_count(dst->kids) > 0)
+		return -ENOTEMPTY;
+	return 0;
+}
+
+/* The remote half: copy what S3 has (except keys whose staged data will be
+ * uploaded under the new name anyway), then delete the old keys. Unlocked. */
+static int move_remote(struct fs *fs, const char *sk, const char *dk, struct htab *staged)
+{
+	struct mv_item *v = NULL, *copies = NULL;
+	size_t nv = 0, nc = 0;
+	int rc = list_all(fs, sk, dk, &v, &nv);
+
+	if (rc == 0 && nv) {
+		copies = calloc(nv, sizeof(*copies));
+		rc = copies ? 0 : -ENOMEM;
+	}
+	for (size_t i = 0; rc == 0 && i < nv; i++)
+		if (!htab_get(staged, v[i].src))
+			copies[nc++] = v[i];
+	rc = rc ?: run_all(fs, copies, nc, 0);
+	rc = rc ?: run_all(fs, v, nv, 1);
+	for (size_t i = 0; i < nv; i++) {
+		free(v[i].src);
+		free(v[i].dst);
+	}
+	free(v);
+	free(copies);
+	return rc;
+}
+
 int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 {
-	struct node *n, *dir, *dst;
+	struct node *n, *dir;
 	struct buf sk, dk;
-	struct mv_item *v = NULL;
-	size_t nv = 0;
+	struct htab *staged = NULL;
+	struct blocker_ctx bc;
 	const char *name;
-	int rc;
+	int rc = 0;
 
 	if (strncmp(to, from, strlen(from)) == 0 && to[strlen(from)] == '/')
 		return -EINVAL; /* into itself */
 	buf_init(&sk, 8192);
 	buf_init(&dk, 8192);
-	rc = wb_sync_all(fs->wb); /* everything pending goes up first */
-	rc = rc ?: meta_resolve(fs, from, &n);
-	rc = rc ?: meta_resolve_parent(fs, to, &dir, &name);
-	if (rc < 0)
-		goto out;
-	dst = tree_child(dir, name);
-	if (dst && !dst->kids)
-		rc = -ENOTDIR;
-	else if (dst && htab_count(dst->kids) > 0)
-		rc = -ENOTEMPTY;
-	rc = rc ?: tree_key(fs, n, 1, &sk);
+	rc = meta_resolve(fs, from, &n) ?: check_dst(fs, to) ?: tree_key(fs, n, 1, &sk);
 	rc = rc ?: buf_addf(&dk, "%s%s/", fs->conf.prefix, to + 1);
+	while (rc == 0 && settle_jobs(fs, buf_str(&sk), &rc))
+		;
+	rc = rc ?: meta_resolve(fs, from, &n) ?: check_dst(fs, to) ?: htab_new(&staged);
 	if (rc < 0)
 		goto out;
+	bc = (struct blocker_ctx){ buf_str(&sk), sk.len, (struct wb_job *)staged };
+	wb_foreach(fs->wb, put_keys_cb, &bc);
 	pthread_mutex_unlock(&fs->lock);
-	rc = list_all(fs, buf_str(&sk), buf_str(&dk), &v, &nv);
-	rc = rc ?: run_all(fs, v, nv, 0);
-	if (rc == 0)
-		rc = run_all(fs, v, nv, 1);
+	rc = move_remote(fs, buf_str(&sk), buf_str(&dk), staged);
 	pthread_mutex_lock(&fs->lock);
 	if (rc < 0) {
 		log_error("cannot rename '%s' to '%s': %s", buf_str(&sk), buf_str(&dk),
 			  strerror(-rc));
 		goto out;
 	}
-	if (meta_resolve(fs, from, &n) == 0 && meta_resolve_parent(fs, to, &dir, &name) == 0 &&
-	    tree_move(n, dir, name) == 0)
+	rc = meta_resolve(fs, from, &n) ?: meta_resolve_parent(fs, to, &dir, &name);
+	rc = rc ?: tree_move(n, dir, name);
+	if (rc == 0) {
+		rc = rekey_subtree(fs, n);
 		mark_unlisted(n); /* relist below the new name */
-out:
-	for (size_t i = 0; i < nv; i++) {
-		free(v[i].src);
-		free(v[i].dst);
 	}
-	free(v);
+out:
+	if (staged)
+		htab_free(staged, NULL);
 	buf_release(&sk);
 	buf_release(&dk);
 	return rc;

@@ -718,6 +718,16 @@ static int rule_new(struct rules *rs, const char *glob, int line, struct buf *er
 	return 0;
 }
 
+/* A [rule "glob"] header: the glob is checked (and reported) on its line. */
+static int rule_start(struct loader *ld, const char *glob, int line, struct buf *err)
+{
+	int rc = rule_new(ld->rs, glob, line, err);
+
+	if (rc == 0)
+		ld->in_rule = 1;
+	return rc;
+}
+
 /* key = value inside [rule "glob"]. */
 static int rule_key(struct loader *ld, const char *glob, const char *key, const char *value,
 		    int line, struct buf *err)
@@ -750,9 +760,15 @@ static int load_key(void *arg, const char *section, const char *sub, const char 
 	if (strcasecmp(section, "rule") == 0) {
 		if (!sub)
 			return fail(err, "[rule] needs a glob, as in [rule \"static/**\"]");
+		if (!key) { /* the header itself: a rule starts here */
+			ld->in_rule = 0;
+			return rule_start(ld, sub, line, err);
+		}
 		return rule_key(ld, sub, key, value, line, err);
 	}
 	ld->in_rule = 0;
+	if (!key)
+		return 0; /* other headers are checked with their first key */
 	if (*section == '\0')
 		return fail(err, "setting '%s' outside a section", key);
 	canon = lookup(opt_sections, ARRAY_SIZE(opt_sections), section);
@@ -843,7 +859,7 @@ int rules_load(struct rules **out, const char *file, rules_opt_fn opt, void *arg
 			goto out;
 		rc = buf_addf(&prefix, "%s:", file);
 		if (rc == 0)
-			rc = ini_parse(buf_str(&text), text.len, load_key, &ld, &msg);
+			rc = ini_parse_ex(buf_str(&text), text.len, load_key, &ld, &msg, 1);
 		if (rc < 0)
 			goto out;
 		buf_reset(&prefix);

@@ -312,6 +312,26 @@ int wb_sync(struct wb *wb, struct wb_job *j)
 	return rc;
 }
 
+struct each_ctx {
+	int (*fn)(struct wb_job *j, void *arg);
+	void *arg;
+};
+
+static int each_cb(const char *k, void *v, void *arg)
+{
+	struct each_ctx *ec = arg;
+
+	(void)k;
+	return ec->fn(v, ec->arg);
+}
+
+int wb_foreach(struct wb *wb, int (*fn)(struct wb_job *j, void *arg), void *arg)
+{
+	struct each_ctx ec = { fn, arg };
+
+	return htab_foreach(wb->jobs, each_cb, &ec);
+}
+
 struct snap_ctx {
 	struct wb_job **v;
 	size_t n, cap;
@@ -570,6 +590,69 @@ static int copy_multipart(struct wb *wb, const char *src, const char *dst,
 	return rc;
 }
 
+/* Does dst's rule want another encoding than the object has?  A server-side
+ * copy cannot change the body, so a rename from media/ to static/ (gzip) or
+ * back must download and upload again. */
+static int needs_recode(struct wb *wb, const struct snapshot *s, const char *enc,
+			const struct s3_obj *o)
+{
+	struct rule_result rr;
+	int have = enc ? compress_from_encoding(enc) : COMPRESS_NONE;
+	int want;
+	uint64_t size = o->size;
+
+	if (s->is_marker || S_ISLNK(s->a.mode))
+		return 0;
+	if (enc && s3_obj_meta(o, "cdnfs-size"))
+		size = strtoull(s3_obj_meta(o, "cdnfs-size"), NULL, 10);
+	rules_eval(wb->fs->rules, s->key + strlen(wb->fs->conf.prefix), &rr);
+	want = rules_should_compress(&rr, size) ? (int)rr.compress : COMPRESS_NONE;
+	if (have < 0)
+		return 0; /* an encoding cdnfs did not make: leave it alone */
+	return want != have && (have != COMPRESS_NONE || want != COMPRESS_NONE);
+}
+
+/* Download src whole (decoded), then upload it as a new object s->key with
+ * its rules.  Unlocked. */
+static int recode_copy(struct wb *wb, const char *src, struct snapshot *s,
+		       const struct s3_obj *o, int encoded)
+{
+	char raw[4200], dec[4200];
+	struct s3_get_req g = { 0 };
+	uint64_t got = 0, dlen = 0;
+	int rfd = -1, dfd = -1, rc;
+
+	snprintf(raw, sizeof(raw), "%s/r.XXXXXX", wb->dir);
+	snprintf(dec, sizeof(dec), "%s/r.XXXXXX", wb->dir);
+	rfd = mkostemp(raw, O_CLOEXEC);
+	if (rfd < 0)
+		return -errno;
+	unlink(raw);
+	g.fd = rfd;
+	rc = s3_get(wb->fs->s3, src, &g, NULL, &got);
+	if (rc == 0 && encoded) {
+		dfd = mkostemp(dec, O_CLOEXEC);
+		rc = dfd < 0 ? -errno : 0;
+		if (rc == 0 && (lseek(rfd, 0, SEEK_SET) < 0 ||
+				decompress_fd(compress_from_encoding(o->content_encoding), rfd, dfd,
+					      UINT64_MAX, &dlen) < 0))
+			rc = -EIO;
+	} else if (rc == 0) {
+		snprintf(dec, sizeof(dec), "/proc/self/fd/%d", rfd);
+	}
+	if (rc == 0) {
+		s->data = dec;
+		rc = run_put(wb, s);
+		s->data = NULL;
+	}
+	if (dfd >= 0) {
+		unlink(dec);
+		close(dfd);
+	}
+	close(rfd);
+	return rc;
+}
+
 /* Copy src to dst in S3 (src == dst: rewrite the metadata in place), with
  * every header dst's rules give, the POSIX metadata a (NULL: the object's
  * own), and the encoding the object has.  Objects over 5 GiB are copied by
@@ -596,6 +679,13 @@ int wb_server_copy(struct wb *wb, const char *src, const char *dst, const struct
 		meta_obj_attr(wb->fs, &o, s.is_marker ? S_IFDIR : S_IFREG, &s.a, NULL);
 	enc = o.content_encoding;
 	osize = enc ? s3_obj_meta(&o, "cdnfs-size") : NULL;
+	if (needs_recode(wb, &s, osize ? enc : NULL, &o)) {
+		rc = recode_copy(wb, src, &s, &o, osize != NULL);
+		snprintf(etag, S3_ETAG_MAX, "%s", s.etag);
+		*rsize = s.rsize;
+		*compressed = s.compressed;
+		goto out;
+	}
 	rc = build_headers(wb, &s, osize ? enc : NULL, osize, &st, kv, &h.n, ARRAY_SIZE(kv));
 	if (rc == 0 && o.size > WB_COPY_MAX)
 		rc = copy_multipart(wb, src, dst, &h, o.size, etag);
@@ -655,6 +745,44 @@ static void finish(struct wb *wb, struct wb_job *j, struct snapshot *s)
 	j->cancelled = 1;
 }
 
+/* After finish(): the staged data becomes the cached copy, the journal
+ * entry goes.  Local file operations only. */
+static void complete_files(struct wb *wb, struct wb_job *j, const struct snapshot *s)
+{
+	struct fs *fs = wb->fs;
+
+	if (s->data && (s->compressed || !S_ISREG(s->a.mode) ||
+			dcache_adopt(fs->dc, s->key, s->etag, s->a.size, s->data) < 0))
+		unlink(s->data);
+	if (s->kind == WB_DELETE)
+		dcache_forget(fs->dc, s->key);
+	journal_remove(wb, j->seq, 0);
+}
+
+void wb_close_writer(struct wb *wb, struct wb_job *j)
+{
+	struct snapshot s = { 0 };
+
+	j->writers--;
+	if (j->writers > 0 || j->running || j->cancelled || j->gen_done != j->gen ||
+	    j->last_err || !j->up_etag[0]) {
+		wb_touch(wb, j);
+		return;
+	}
+	/* S3 already has exactly this version (an fsync uploaded it) */
+	s.kind = j->kind;
+	s.key = j->key;
+	s.data = j->data;
+	s.a = j->a;
+	s.is_marker = 0;
+	snprintf(s.etag, sizeof(s.etag), "%s", j->up_etag);
+	s.rsize = j->up_rsize;
+	s.compressed = j->up_compressed;
+	finish(wb, j, &s);
+	complete_files(wb, j, &s);
+	wb_unref(wb, j); /* the table's reference */
+}
+
 static void job_run(void *arg)
 {
 	struct wb_job *j = arg;
@@ -693,6 +821,14 @@ static void job_run(void *arg)
 		log_error("cannot %s '%s': %s (retrying in %.0f s)",
 			  s.kind == WB_DELETE ? "delete" : "upload", s.key, strerror(-rc),
 			  backoff(j->tries));
+	} else if (j->gen == s.gen && !j->cancelled && strcmp(j->key, s.key) == 0 &&
+		   j->writers > 0) {
+		/* fsync of a file still open: S3 has this version, but the
+		 * writer may go on; the job completes when it closes */
+		snprintf(j->up_etag, sizeof(j->up_etag), "%s", s.etag);
+		j->up_rsize = s.rsize;
+		j->up_compressed = s.compressed;
+		j->due = fs_now() + fs->conf.writeback_delay;
 	} else if (j->gen == s.gen && !j->cancelled && strcmp(j->key, s.key) == 0) {
 		finish(wb, j, &s);
 		done = 1;
@@ -704,14 +840,8 @@ static void job_run(void *arg)
 	pthread_cond_broadcast(&fs->cond);
 	pthread_mutex_unlock(&fs->lock);
 
-	if (done) {
-		if (s.data && (s.compressed || !S_ISREG(s.a.mode) ||
-			       dcache_adopt(fs->dc, s.key, s.etag, s.a.size, s.data) < 0))
-			unlink(s.data);
-		if (s.kind == WB_DELETE)
-			dcache_forget(fs->dc, s.key);
-		journal_remove(wb, j->seq, 0);
-	}
+	if (done)
+		complete_files(wb, j, &s);
 	pthread_mutex_lock(&fs->lock);
 	j->refs -= done ? 2 : 1; /* the worker's, and the table's when done */
 	if (j->refs == 0)
@@ -735,7 +865,7 @@ static int pick_cb(const char *k, void *v, void *arg)
 	struct pick_ctx *pc = arg;
 
 	(void)k;
-	if (j->running || j->writers > 0)
+	if (j->running || (j->writers > 0 && j->due > 0)) /* due 0: an fsync */
 		return 0;
 	if (j->due <= pc->now) {
 		if (pc->n == (int)ARRAY_SIZE(pc->ready))

@@ -51,7 +51,9 @@ struct wb_job {
 	int refs;             /* table + open files */
 	int cancelled;        /* removed from the table while referenced */
 	struct node *node;    /* the node it belongs to, NULL for deletes */
-	struct wb_job *next_pending;
+	char up_etag[S3_ETAG_MAX]; /* an upload done while writers were open (fsync) */
+	uint64_t up_rsize;
+	int up_compressed;
 };
 
 struct wb;
@@ -77,6 +79,9 @@ int wb_put(struct wb *wb, struct node *n, const char *key, int with_data,
 int wb_meta(struct wb *wb, struct node *n, const char *key) WUR;
 /* DELETE job for key (cancels a pending PUT/META of it). */
 int wb_delete(struct wb *wb, const char *key) WUR;
+/* A writer closed j: the job becomes due (or completes at once when an
+ * fsync already uploaded exactly this version). */
+void wb_close_writer(struct wb *wb, struct wb_job *j);
 /* A change happened: bump gen, push due, rewrite the journal. */
 void wb_touch(struct wb *wb, struct wb_job *j);
 /* Drop the job (file removed before upload): data and journal deleted. */
@@ -90,6 +95,9 @@ void wb_wait_idle(struct wb *wb, struct wb_job *j);
 int wb_sync(struct wb *wb, struct wb_job *j) WUR;
 /* wb_sync for every job (user.cdnfs.flush).  May drop fs->lock. */
 int wb_sync_all(struct wb *wb) WUR;
+/* Call fn on every job until it returns non-zero (returned); fn must not
+ * add or remove jobs. */
+int wb_foreach(struct wb *wb, int (*fn)(struct wb_job *j, void *arg), void *arg);
 /* References held by open files. */
 void wb_ref(struct wb_job *j);
 void wb_unref(struct wb *wb, struct wb_job *j);

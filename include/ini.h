@@ -42,4 +42,10 @@ typedef int (*ini_fn)(void *arg, const char *section, const char *subsection,
  * 0 on success, err untouched. */
 int ini_parse(const char *text, size_t len, ini_fn fn, void *arg, struct buf *err) WUR;
 
+/* Like ini_parse; with header_calls, fn is also called at each section
+ * header with key and value NULL (and the header's line), so a caller can
+ * validate or report a section by its own line. */
+int ini_parse_ex(const char *text, size_t len, ini_fn fn, void *arg, struct buf *err,
+		 int header_calls) WUR;
+
 #endif

@@ -103,4 +103,12 @@ int s3_parse_time(const char *s, struct timespec *out) WUR;
  * (as a failed buf append does). */
 int s3_url_decode(struct buf *out, const char *s, int plus_space) WUR;
 
+/* CloudFront <Invalidation> (the body of CreateInvalidation's 201 and of
+ * GetInvalidation's 200): Id and Status ("InProgress", "Completed"), both
+ * required and non-empty, malloc'd into *id and *status (NULL on failure).
+ * Other children (CreateTime, InvalidationBatch) are ignored.
+ * 0, -EBADMSG or -ENOMEM.  CloudFront errors (<ErrorResponse><Error>) are
+ * read with s3xml_parse_error. */
+int s3xml_parse_invalidation(const char *xml, size_t len, char **id, char **status) WUR;
+
 #endif

@@ -737,6 +737,40 @@ int s3_mpu_part_copy(struct s3 *s, const char *src, const char *key, const char 
 	return rc;
 }
 
+/* The ETag S3 gives a multipart object: md5 of the parts' binary md5s,
+ * "-" and the part count.  Computed when a server leaves it out. */
+static int multipart_etag(const char *const *etags, size_t n, char out[S3_ETAG_MAX])
+{
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	unsigned char md[16], part[16];
+	int rc = 0;
+
+	if (!ctx || !EVP_DigestInit_ex(ctx, EVP_md5(), NULL)) {
+		EVP_MD_CTX_free(ctx);
+		return -ENOMEM;
+	}
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		const char *e = etags[i] + (etags[i][0] == '"');
+
+		for (int b = 0; b < 16 && rc == 0; b++) {
+			unsigned int v;
+
+			if (sscanf(e + 2 * b, "%2x", &v) != 1)
+				rc = -EBADMSG; /* a part ETag that is no md5 */
+			part[b] = (unsigned char)v;
+		}
+		EVP_DigestUpdate(ctx, part, sizeof(part));
+	}
+	EVP_DigestFinal_ex(ctx, md, NULL);
+	EVP_MD_CTX_free(ctx);
+	if (rc < 0)
+		return rc;
+	for (int b = 0; b < 16; b++)
+		snprintf(out + 2 * b, 3, "%02x", md[b]);
+	snprintf(out + 32, S3_ETAG_MAX - 32, "-%zu", n);
+	return 0;
+}
+
 int s3_mpu_complete(struct s3 *s, const char *key, const char *upload_id,
 		    const char *const *etags, size_t nparts, char etag_out[S3_ETAG_MAX])
 {
@@ -764,6 +798,8 @@ int s3_mpu_complete(struct s3 *s, const char *key, const char *upload_id,
 	if (rc == 0)
 		rc = result_etag(&c, &resp, etag_out);
 	http_resp_release(&resp);
+	if (rc == 0 && etag_out && !etag_out[0]) /* RGW answers <ETag/> */
+		rc = multipart_etag(etags, nparts, etag_out);
 out:
 	call_release(&c);
 	buf_release(&body);

@@ -608,16 +608,12 @@ int s3xml_parse_result_etag(const char *xml, size_t len, char **etag, char **err
 	if (!xml_is(root, "CopyObjectResult") && !xml_is(root, "CompleteMultipartUploadResult") &&
 	    !xml_is(root, "CopyPartResult"))
 		goto out;
-	rc = xml_child_text(root, "ETag", &text);
-	if (rc < 0)
-		goto out;
-	*etag = etag_unquote(text);
+	/* RGW answers CompleteMultipartUpload with an empty <ETag/>: the result
+	 * element itself means success; callers HEAD for the ETag if needed. */
+	if (xml_child_text(root, "ETag", &text) < 0)
+		text = NULL;
+	*etag = text ? etag_unquote(text) : strdup("");
 	rc = *etag ? 0 : -ENOMEM;
-	if (rc == 0 && !**etag) {
-		free(*etag);
-		*etag = NULL;
-		rc = -EBADMSG;
-	}
 out:
 	free(text);
 	xmlFreeDoc(doc);
@@ -892,4 +888,40 @@ int s3xml_parse_list(const char *xml, size_t len, struct s3_list_page *out)
 out:
 	xmlFreeDoc(doc);
 	return rc < 0 && rc != -ENOMEM ? -EBADMSG : rc < 0 ? rc : 0;
+}
+
+/* ------------------------------------------------- CloudFront (cdn/ uses) */
+
+int s3xml_parse_invalidation(const char *xml, size_t len, char **id, char **status)
+{
+	xmlDoc *doc = NULL;
+	xmlNode *root;
+	char *i = NULL, *s = NULL;
+	int rc = -EBADMSG;
+
+	*id = NULL;
+	*status = NULL;
+	doc = xml_read(xml, len);
+	if (!doc)
+		goto out;
+	root = xmlDocGetRootElement(doc);
+	if (!xml_is(root, "Invalidation"))
+		goto out;
+	rc = xml_child_text(root, "Id", &i);
+	if (rc == 0)
+		rc = xml_child_text(root, "Status", &s);
+	if (rc < 0)
+		goto out;
+	if (!*i || !*s) {
+		rc = -EBADMSG;
+		goto out;
+	}
+	*id = i;
+	*status = s;
+	i = s = NULL;
+out:
+	free(i);
+	free(s);
+	xmlFreeDoc(doc);
+	return rc < 0 && rc != -ENOMEM ? -EBADMSG : rc;
 }

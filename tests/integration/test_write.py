@@ -1,0 +1,1190 @@
+"""Write side of cdnfs (issue 3): what a write through a real mount leaves in
+S3, and how many requests it takes.
+
+Every test mounts the bucket of the `bucket` fixture (tests/conftest.py),
+writes through the mount, uses the flush xattr as the barrier
+(user.cdnfs.flush waits for every pending upload), and checks S3 with boto3,
+the independent client.  Request counts come from the gateway's log; the
+RawWindow here also reads the byte count of each logged request, because a
+server-side COPY (a PUT with x-amz-copy-source) is logged as a PUT: RGW logs
+a PUT's body length, but for a COPY the length of its CopyObjectResult XML.
+
+The header rules (Cache-Control, Content-Type, compression, the config file)
+are in test_write_rules.py, which imports the helpers defined here.
+"""
+
+import collections
+import concurrent.futures
+import errno
+import gzip
+import hashlib
+import json
+import os
+import random
+import re
+import stat
+import subprocess
+import threading
+import time
+import urllib.parse
+
+import pytest
+
+from conftest import MARKER, lazy_unmount
+from helpers import MiB, file_sha256, random_bytes, read_file, sha256, wait_for
+
+# ------------------------------------------------------------------ tools --
+
+# the beast access-log line, with the byte count after the status
+RAW_RE = re.compile(
+    r' beast: \S+: (?P<client>\S+) - (?P<user>\S+) \[[^\]]*\] '
+    r'"(?P<method>[A-Z]+) (?P<uri>\S+) [^"]*" (?P<status>\d{3}) (?P<bytes>\d+|-)')
+
+Req = collections.namedtuple("Req", "method op key query status nbytes line")
+
+
+def flush(m):
+    """The barrier: wait for every pending upload of mount m."""
+    os.setxattr(m.path, "user.cdnfs.flush", b"1")
+
+
+def status(m):
+    return json.loads(os.getxattr(m.path, "user.cdnfs.status"))
+
+
+def list_keys(s3, bucket, prefix=""):
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                         Prefix=prefix)
+    return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
+
+
+def head(s3, bucket, key):
+    return s3.head_object(Bucket=bucket, Key=key)
+
+
+def body(s3, bucket, key):
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def object_sha256(s3, bucket, key):
+    """sha256 and length of an object, streamed (no whole body in memory)."""
+    h = hashlib.sha256()
+    n = 0
+    stream = s3.get_object(Bucket=bucket, Key=key)["Body"]
+    for chunk in stream.iter_chunks(MiB):
+        h.update(chunk)
+        n += len(chunk)
+    return h.hexdigest(), n
+
+
+def decoded_body(s3, bucket, key):
+    """The object's body with its Content-Encoding undone."""
+    r = s3.get_object(Bucket=bucket, Key=key)
+    data = r["Body"].read()
+    enc = r.get("ContentEncoding")
+    if enc == "gzip":
+        return gzip.decompress(data)
+    if enc == "br":
+        import brotli  # python3-brotli
+        return brotli.decompress(data)
+    assert not enc, f"unexpected Content-Encoding {enc!r} on {key}"
+    return data
+
+
+def write_file(path, data, mode="wb"):
+    with open(path, mode) as f:
+        f.write(data)
+
+
+def meta(s3, bucket, key):
+    return head(s3, bucket, key)["Metadata"]
+
+
+def check_posix_meta(md, st, what=""):
+    """x-amz-meta-* of an object (s3fs style + cdnfs-mtime) == a stat."""
+    assert int(md["mode"]) == st.st_mode, (what, oct(int(md["mode"])), oct(st.st_mode))
+    assert int(md["uid"]) == st.st_uid, (what, md)
+    assert int(md["gid"]) == st.st_gid, (what, md)
+    assert int(md["mtime"]) == st.st_mtime_ns // 10**9, (what, md, st.st_mtime_ns)
+    sec, _, nsec = md["cdnfs-mtime"].partition(".")
+    assert int(sec) * 10**9 + int(nsec.ljust(9, "0")) == st.st_mtime_ns, \
+        (what, md["cdnfs-mtime"], st.st_mtime_ns)
+
+
+def op_of(method, key, query):
+    if not key:
+        if method == "GET" and not ({"uploads", "versions"} & set(query)):
+            return "LIST"
+        return method + "_BUCKET"
+    if method == "POST" and "uploads" in query:
+        return "MPU_CREATE"
+    if method == "POST" and "uploadId" in query:
+        return "MPU_COMPLETE"
+    if method == "PUT" and "uploadId" in query:
+        return "MPU_PART"
+    if method == "DELETE" and "uploadId" in query:
+        return "MPU_ABORT"
+    return method
+
+
+class RawWindow:
+    """Like rgw.window(bucket), with the byte count of each request.
+
+    .reqs   list of Req(method, op, key, query, status, nbytes, line)
+    """
+
+    def __init__(self, rgw, bucket):
+        self.rgw = rgw
+        self.bucket = bucket
+        self.reqs = None
+        self._start = None
+
+    def __enter__(self):
+        self._start = self.rgw.sync()
+        return self
+
+    def __exit__(self, *exc):
+        end = self.rgw.sync()
+        with open(self.rgw.path, "rb") as f:
+            f.seek(self._start)
+            data = f.read(end - self._start)
+        self.reqs = []
+        for line in data.decode("utf-8", errors="replace").splitlines():
+            mt = RAW_RE.search(line)
+            if not mt:
+                continue
+            raw_path, _, raw_query = mt.group("uri").partition("?")
+            path = urllib.parse.unquote(raw_path)
+            b, _, key = path.lstrip("/").partition("/")
+            if b.startswith(MARKER) or b != self.bucket:
+                continue
+            query = dict(urllib.parse.parse_qsl(raw_query, keep_blank_values=True))
+            nb = mt.group("bytes")
+            method = mt.group("method")
+            self.reqs.append(Req(method, op_of(method, key, query), key, query,
+                                 int(mt.group("status")),
+                                 int(nb) if nb.isdigit() else -1,
+                                 f'{method} {mt.group("uri")} -> '
+                                 f'{mt.group("status")} {nb}'))
+        return False
+
+    def ops(self, key=None):
+        return collections.Counter(r.op for r in self.reqs
+                                   if key is None or r.key == key)
+
+    def for_key(self, key):
+        return [r for r in self.reqs if r.key == key]
+
+    def keys(self):
+        return {r.key for r in self.reqs if r.key}
+
+    def writes(self):
+        """Requests that change the bucket."""
+        return [r for r in self.reqs if r.method in ("PUT", "POST", "DELETE")]
+
+    def describe(self, limit=80, key=None):
+        rs = [r for r in self.reqs if key is None or r.key == key]
+        lines = [r.line for r in rs[:limit]]
+        if len(rs) > limit:
+            lines.append(f"... {len(rs) - limit} more")
+        return "\n".join(lines) or "(no requests)"
+
+
+def assert_single_put(w, s3, bucket, key):
+    """key got exactly one request in window w: a PUT with the body (not a
+    COPY: the logged byte count is the stored object's length)."""
+    reqs = w.for_key(key)
+    assert [r.op for r in reqs] == ["PUT"], \
+        f"{key}: want one PUT, got:\n{w.describe(key=key)}"
+    length = head(s3, bucket, key)["ContentLength"]
+    assert reqs[0].nbytes == length, \
+        f"{key}: the PUT carried {reqs[0].nbytes} bytes, object has {length} " \
+        f"(a COPY?):\n{reqs[0].line}"
+
+
+def unmount_raw(m):
+    """fusermount3 -u and wait for cdnfs; returns its exit status (for a
+    test that expects a non-zero one: m.unmount() fails the test on it)."""
+    subprocess.run(["fusermount3", "-u", str(m.path)], check=True, timeout=60)
+    try:
+        return m.proc.wait(timeout=60)
+    finally:
+        m.proc = None
+
+
+def is_copy(r, length):
+    return r.op == "PUT" and r.nbytes != length
+
+
+def walk_files(root):
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            p = os.path.join(d, f)
+            out[os.path.relpath(p, root)] = p
+    return out
+
+
+# ---------------------------------------------------------- round trips --
+
+SIZES = [0, 1, 8 * MiB - 1, 8 * MiB + 1]
+
+
+@pytest.mark.parametrize("size", SIZES, ids=["0B", "1B", "8MiB-1", "8MiB+1"])
+def test_round_trip(s3, bucket, mount, rgw, size):
+    data = random_bytes(size)
+    m = mount(bucket)
+    p = m.path / "blob.bin"
+    with RawWindow(rgw, bucket) as w:
+        write_file(p, data)
+        # before the upload: the staged copy
+        assert os.stat(p).st_size == size
+        assert file_sha256(p) == (sha256(data), size)
+        flush(m)
+    # after the upload, through the mount and through boto3
+    assert os.stat(p).st_size == size
+    assert file_sha256(p) == (sha256(data), size)
+    assert body(s3, bucket, "blob.bin") == data
+    h = head(s3, bucket, "blob.bin")
+    assert h["ContentLength"] == size
+    assert h["ContentType"] == "application/octet-stream"
+    ops = w.ops("blob.bin")
+    if size > 8 * MiB:
+        assert ops == {"MPU_CREATE": 1, "MPU_PART": 2, "MPU_COMPLETE": 1}, \
+            w.describe()
+        parts = sorted(r.query["partNumber"] for r in w.for_key("blob.bin")
+                       if r.op == "MPU_PART")
+        assert parts == ["1", "2"], w.describe()
+    else:
+        assert ops == {"PUT": 1}, w.describe()
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert list_keys(s3, bucket) == ["blob.bin"]
+    # a second mount with its own (empty) cache reads what S3 has
+    m2 = mount(bucket)
+    assert os.stat(m2.path / "blob.bin").st_size == size
+    assert file_sha256(m2.path / "blob.bin") == (sha256(data), size)
+
+
+def test_round_trip_100mib(s3, bucket, mount, rgw):
+    m = mount(bucket)
+    p = m.path / "big.bin"
+    h = hashlib.sha256()
+    rng = random.Random(100)
+    with RawWindow(rgw, bucket) as w:
+        with open(p, "wb") as f:
+            for _ in range(100):
+                chunk = rng.randbytes(MiB)
+                h.update(chunk)
+                f.write(chunk)
+        want = (h.hexdigest(), 100 * MiB)
+        assert file_sha256(p) == want  # before the upload
+        flush(m)
+    assert w.ops("big.bin") == {"MPU_CREATE": 1, "MPU_PART": 13,
+                                "MPU_COMPLETE": 1}, w.describe()
+    assert object_sha256(s3, bucket, "big.bin") == want
+    assert file_sha256(p) == want
+    m2 = mount(bucket)
+    assert file_sha256(m2.path / "big.bin") == want
+
+
+def test_multipart_size_and_special_key(s3, bucket, mount, rgw):
+    """-o multipart_size=5M: 12 MiB + 3 in three parts, under a key that
+    needs escaping in the path and next to ?uploadId=."""
+    key = "big dir +%é/data +%41&x=1.bin"
+    data = random_bytes(12 * MiB + 3)
+    m = mount(bucket, "multipart_size=5M")
+    os.mkdir(m.path / "big dir +%é")
+    with RawWindow(rgw, bucket) as w:
+        write_file(m.path / key, data)
+        flush(m)
+    assert w.ops(key) == {"MPU_CREATE": 1, "MPU_PART": 3, "MPU_COMPLETE": 1}, \
+        w.describe()
+    assert list_keys(s3, bucket) == ["big dir +%é/", key]
+    assert body(s3, bucket, key) == data
+    assert file_sha256(mount(bucket).path / key) == (sha256(data), len(data))
+
+
+def test_fsync_uploads_now(s3, bucket, mount, rgw):
+    """fsync does not wait for the settle time: the object is in S3 when it
+    returns; a later change waits for the settle time (or the flush)."""
+    m = mount(bucket, "writeback_delay=30")
+    p = m.path / "journal.txt"
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, b"one\n")
+        with RawWindow(rgw, bucket) as w:
+            os.fsync(fd)
+        assert body(s3, bucket, "journal.txt") == b"one\n"
+        assert w.ops("journal.txt") == {"PUT": 1}, w.describe()
+        os.write(fd, b"two\n")
+    finally:
+        os.close(fd)
+    time.sleep(1)
+    assert body(s3, bucket, "journal.txt") == b"one\n", "uploaded before the settle time"
+    assert read_file(p) == b"one\ntwo\n"
+    flush(m)
+    assert body(s3, bucket, "journal.txt") == b"one\ntwo\n"
+    # fsync of an unchanged file sends nothing
+    with RawWindow(rgw, bucket) as w:
+        with open(p, "r+b") as f:
+            os.fsync(f.fileno())
+        flush(m)
+    assert not w.writes(), w.describe()
+
+
+def test_upload_after_last_close(s3, bucket, mount):
+    """No upload while any handle is open for writing; the settle time
+    counts from the last close."""
+    m = mount(bucket, "writeback_delay=1")
+    p = m.path / "f.txt"
+    f1 = open(p, "wb")
+    f2 = open(p, "r+b")
+    try:
+        f1.write(b"first")
+        f1.close()
+        time.sleep(2.5)
+        assert list_keys(s3, bucket) == [], "uploaded while a writer had it open"
+        f2.seek(5)
+        f2.write(b" second")
+    finally:
+        f1.close()
+        f2.close()
+    closed = time.monotonic()
+    wait_for(lambda: list_keys(s3, bucket) == ["f.txt"], timeout=10,
+             what="the upload after the last close")
+    assert time.monotonic() - closed >= 0.9, "uploaded before the settle time"
+    assert body(s3, bucket, "f.txt") == b"first second"
+
+
+def test_unmount_uploads_pending(s3, bucket, mount):
+    m = mount(bucket, "writeback_delay=60")
+    files = {f"u/{i}.txt": f"pending {i}\n".encode() * (i + 1) for i in range(10)}
+    os.mkdir(m.path / "u")
+    for k, v in files.items():
+        write_file(m.path / k, v)
+    os.unlink(m.path / "u/9.txt")
+    del files["u/9.txt"]
+    assert list_keys(s3, bucket) == []
+    m.unmount()  # must exit 0 having sent everything
+    assert list_keys(s3, bucket) == sorted(["u/"] + list(files))
+    for k, v in files.items():
+        assert body(s3, bucket, k) == v, k
+
+
+# -------------------------------------------------------- request economy --
+
+COPIERS = {
+    "cp": ["cp"],
+    "cp -p": ["cp", "-p"],
+    "cp -a": ["cp", "-a"],
+}
+
+
+@pytest.mark.parametrize("tool", list(COPIERS) + ["python"])
+def test_new_file_one_put(s3, bucket, mount, rgw, tmp_path, tool):
+    """A new small file: one PUT with the final metadata, nothing else."""
+    src = tmp_path / "src.txt"
+    data = b"hello from the write tests\n" * 27
+    write_file(src, data)
+    os.chmod(src, 0o640)
+    os.utime(src, ns=(1_600_000_000_123_456_789, 1_600_000_000_123_456_789))
+    m = mount(bucket)
+    dst = m.path / "dst.txt"
+    with RawWindow(rgw, bucket) as w:
+        if tool == "python":
+            write_file(dst, data)
+            os.chmod(dst, 0o640)
+            os.utime(dst, ns=(1_600_000_000_123_456_789,) * 2)
+        else:
+            subprocess.run(COPIERS[tool] + [str(src), str(dst)], check=True)
+        flush(m)
+    assert_single_put(w, s3, bucket, "dst.txt")
+    assert w.keys() == {"dst.txt"}, w.describe()
+    assert set(w.ops()) <= {"PUT", "LIST"}, w.describe()
+    assert body(s3, bucket, "dst.txt") == data
+    st = os.stat(dst)
+    check_posix_meta(meta(s3, bucket, "dst.txt"), st, tool)
+    if tool in ("cp -p", "cp -a", "python"):
+        assert stat.S_IMODE(st.st_mode) == 0o640
+        assert st.st_mtime_ns == 1_600_000_000_123_456_789
+
+
+def test_overwrite_existing_with_cp(s3, bucket, mount, rgw, tmp_path):
+    """cp over an uploaded file (O_TRUNC): one PUT, no GET of the old
+    contents, no DELETE."""
+    m = mount(bucket)
+    write_file(m.path / "dst.bin", random_bytes(50_000))
+    flush(m)
+    new = random_bytes(30_000)
+    write_file(tmp_path / "src.bin", new)
+    with RawWindow(rgw, bucket) as w:
+        subprocess.run(["cp", str(tmp_path / "src.bin"), str(m.path / "dst.bin")],
+                       check=True)
+        flush(m)
+    assert_single_put(w, s3, bucket, "dst.bin")
+    assert body(s3, bucket, "dst.bin") == new
+    # two handles writing the same new file, closed one after the other
+    with RawWindow(rgw, bucket) as w:
+        with open(m.path / "two.txt", "wb") as a, open(m.path / "two.txt", "r+b") as b:
+            a.write(b"aaaa")
+            a.flush()
+            b.seek(4)
+            b.write(b"bbbb")
+        flush(m)
+    assert_single_put(w, s3, bucket, "two.txt")
+    assert body(s3, bucket, "two.txt") == b"aaaabbbb"
+
+
+def test_directory_renamed_before_upload(s3, bucket, mount, rgw):
+    """A tree created and renamed within the settle time: only the final
+    names are ever sent."""
+    m = mount(bucket)
+    with RawWindow(rgw, bucket) as w:
+        os.makedirs(m.path / "build" / "sub")
+        for i in range(5):
+            write_file(m.path / "build" / f"f{i}", b"%d" % i)
+        write_file(m.path / "build" / "sub" / "g", b"g")
+        os.rename(m.path / "build", m.path / "dist")
+        flush(m)
+    want = ["dist/", "dist/f0", "dist/f1", "dist/f2", "dist/f3", "dist/f4",
+            "dist/sub/", "dist/sub/g"]
+    assert list_keys(s3, bucket) == want
+    assert not [r for r in w.reqs if r.key.startswith("build")], w.describe()
+    for k in want:
+        assert w.ops(k) == {"PUT": 1}, w.describe()
+
+
+def make_site(root, n=20):
+    """n files: half compressible CSS of 1-4 KiB, half random PNG bytes;
+    sizes avoid 200-300 bytes (the length of a COPY's answer)."""
+    root.mkdir()
+    files = {}
+    rng = random.Random(20)
+    for i in range(n):
+        if i % 2:
+            name = f"style-{i:02d}.css"
+            data = (f".c{i} {{ color: #{i:06x}; }}\n" * rng.randrange(60, 200)).encode()
+        else:
+            name = f"img-{i:02d}.png"
+            data = rng.randbytes(rng.randrange(400, 3000))
+        write_file(root / name, data)
+        files[name] = data
+    return files
+
+
+def rsync(src, dst):
+    subprocess.run(["rsync", "-a", f"{src}/", f"{dst}/"], check=True,
+                   capture_output=True)
+
+
+def test_rsync_tree(s3, bucket, mount, rgw, tmp_path):
+    """rsync -a: temp file, then rename to the final name.  One PUT per final
+    name, no COPY, no DELETE, no temp name ever sent; a second rsync of the
+    unchanged tree writes nothing, also after a remount."""
+    files = make_site(tmp_path / "site")
+    m = mount(bucket)
+    os.mkdir(m.path / "static")
+    flush(m)
+    dst = m.path / "static" / "site"
+    with RawWindow(rgw, bucket) as w:
+        rsync(tmp_path / "site", dst)
+        flush(m)
+    want = sorted(["static/", "static/site/"] + [f"static/site/{n}" for n in files])
+    assert list_keys(s3, bucket) == want
+    temp = [r.line for r in w.reqs if os.path.basename(r.key).startswith(".")]
+    assert not temp, "requests for rsync's temp names:\n" + "\n".join(temp)
+    assert not w.ops()["DELETE"], w.describe()
+    for n, data in files.items():
+        key = f"static/site/{n}"
+        assert_single_put(w, s3, bucket, key)
+        assert decoded_body(s3, bucket, key) == data
+        st = os.stat(dst / n)
+        assert st.st_size == len(data)
+        check_posix_meta(meta(s3, bucket, key), st, key)
+        assert st.st_mtime_ns == os.stat(tmp_path / "site" / n).st_mtime_ns
+    marker = w.for_key("static/site/")
+    assert [r.op for r in marker] == ["PUT"], w.describe(key="static/site/")
+    assert set(w.ops()) <= {"PUT", "LIST"}, w.describe()
+    lists = [w.ops()["LIST"]]
+
+    # nothing changed: rsync must find every file up to date
+    with RawWindow(rgw, bucket) as w2:
+        rsync(tmp_path / "site", dst)
+        flush(m)
+    assert not w2.writes(), "second rsync wrote:\n" + w2.describe()
+    lists.append(w2.ops()["LIST"])
+
+    m.remount()
+    with RawWindow(rgw, bucket) as w3:
+        rsync(tmp_path / "site", dst)
+        flush(m)
+    assert not w3.writes(), "rsync after a remount wrote:\n" + w3.describe()
+    lists.append(w3.ops()["LIST"])
+    assert set(w3.ops()) <= {"LIST", "HEAD", "GET"}, w3.describe()
+    print(f"LIST requests: first rsync {lists[0]}, second {lists[1]}, "
+          f"after remount {lists[2]} ({dict(w3.ops())})")
+
+
+def test_django_delete_then_recreate(s3, bucket, mount, rgw):
+    """collectstatic run again: FileSystemStorage deletes the file, then
+    creates it anew (O_EXCL) and chmods it: one PUT, no DELETE."""
+    from django.conf import settings
+    if not settings.configured:
+        settings.configure()
+    from django.core.files.base import ContentFile
+    from django.core.files.storage import FileSystemStorage
+
+    m = mount(bucket)
+    storage = FileSystemStorage(location=str(m.path / "static"))
+    v1 = b"/* v1 */ body { margin: 0 }\n" * 100
+    v2 = b"/* v2 */ body { margin: 1px }\n" * 90
+    assert storage.save("css/app.css", ContentFile(v1)) == "css/app.css"
+    flush(m)
+    assert decoded_body(s3, bucket, "static/css/app.css") == v1
+    with RawWindow(rgw, bucket) as w:
+        storage.delete("css/app.css")
+        assert storage.save("css/app.css", ContentFile(v2)) == "css/app.css"
+        flush(m)
+    assert_single_put(w, s3, bucket, "static/css/app.css")
+    assert not w.ops()["DELETE"], w.describe()
+    assert decoded_body(s3, bucket, "static/css/app.css") == v2
+    assert read_file(m.path / "static/css/app.css") == v2
+    assert list_keys(s3, bucket) == ["static/", "static/css/", "static/css/app.css"]
+
+
+def test_ls_l_of_2000_files(s3, bucket, mount, rgw):
+    m = mount(bucket)
+    d = m.path / "many"
+    os.mkdir(d)
+    sizes = {}
+    for i in range(2000):
+        data = b"x" * (i % 97)
+        write_file(d / f"f{i:04d}.dat", data)
+        sizes[f"f{i:04d}.dat"] = len(data)
+    flush(m)
+    assert len(list_keys(s3, bucket, "many/")) == 2001
+
+    def ls_l():
+        out = subprocess.run(["ls", "-l", "--time-style=+%s", str(d)],
+                             check=True, capture_output=True, text=True).stdout
+        got = {}
+        for line in out.splitlines()[1:]:
+            f = line.split()
+            got[f[-1]] = int(f[4])
+        return got
+
+    with rgw.window(bucket) as w:
+        assert ls_l() == sizes
+    assert set(w.by_op) <= {"LIST"}, w.describe()
+    m.remount()
+    with rgw.window(bucket) as w2:
+        assert ls_l() == sizes
+    assert set(w2.by_op) <= {"LIST"}, w2.describe()
+    assert 2 <= w2.by_op["LIST"] <= 3, w2.describe()  # 2001 keys: 3 pages max
+
+
+# ----------------------------------------------------- namespace operations --
+
+def test_mkdir_rmdir(s3, bucket, mount, rgw):
+    s3.put_object(Bucket=bucket, Key="implied/child", Body=b"c")
+    m = mount(bucket)
+    os.mkdir(m.path / "d", 0o750)
+    os.mkdir(m.path / "full")
+    write_file(m.path / "full" / "f", b"f")
+    flush(m)
+    assert list_keys(s3, bucket) == ["d/", "full/", "full/f", "implied/child"]
+    st = os.stat(m.path / "d")
+    assert stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o750
+    md = meta(s3, bucket, "d/")
+    check_posix_meta(md, st, "d/")
+    assert stat.S_ISDIR(int(md["mode"]))
+    assert head(s3, bucket, "d/")["ContentLength"] == 0
+
+    os.chmod(m.path / "full", 0o700)
+    flush(m)
+    assert int(meta(s3, bucket, "full/")["mode"]) == stat.S_IFDIR | 0o700
+    for name in ("full", "implied"):
+        with pytest.raises(OSError) as e:
+            os.rmdir(m.path / name)
+        assert e.value.errno == errno.ENOTEMPTY, name
+    with RawWindow(rgw, bucket) as w:
+        os.rmdir(m.path / "d")
+        assert not os.path.exists(m.path / "d")
+        flush(m)
+    assert w.ops("d/") == {"DELETE": 1}, w.describe()
+    assert list_keys(s3, bucket) == ["full/", "full/f", "implied/child"]
+
+    m.remount()
+    with pytest.raises(OSError) as e:
+        os.rmdir(m.path / "full")
+    assert e.value.errno == errno.ENOTEMPTY
+    assert sorted(os.listdir(m.path)) == ["full", "implied"]
+    # an empty directory that never reached S3 goes without a request
+    with RawWindow(rgw, bucket) as w:
+        os.mkdir(m.path / "brief")
+        os.rmdir(m.path / "brief")
+        flush(m)
+    assert not w.writes(), w.describe()
+
+
+def test_unlink(s3, bucket, mount, rgw):
+    m = mount(bucket)
+    write_file(m.path / "a.txt", b"a")
+    write_file(m.path / "b.txt", b"b")
+    flush(m)
+    with RawWindow(rgw, bucket) as w:
+        os.unlink(m.path / "a.txt")
+        assert not os.path.exists(m.path / "a.txt")
+        flush(m)
+    assert w.ops("a.txt") == {"DELETE": 1}, w.describe()
+    assert list_keys(s3, bucket) == ["b.txt"]
+    # a file unlinked before its upload never reaches S3
+    with RawWindow(rgw, bucket) as w:
+        write_file(m.path / "brief.txt", b"x")
+        os.unlink(m.path / "brief.txt")
+        flush(m)
+    assert not w.writes(), w.describe()
+    assert list_keys(s3, bucket) == ["b.txt"]
+    m.remount()
+    assert os.listdir(m.path) == ["b.txt"]
+
+
+def test_rename_file_across_prefixes(s3, bucket, mount, rgw):
+    """Renamed after the upload: the new key has the bytes and the headers of
+    its new prefix; the old key is gone."""
+    m = mount(bucket)
+    os.makedirs(m.path / "media")
+    os.makedirs(m.path / "static")
+    png = random_bytes(3000)
+    css = b".x { color: red }\n" * 200
+    write_file(m.path / "media" / "pic.png", png)
+    write_file(m.path / "static" / "site.css", css)
+    os.utime(m.path / "media" / "pic.png", ns=(1_500_000_000_111_111_111,) * 2)
+    flush(m)
+    assert head(s3, bucket, "media/pic.png")["CacheControl"] == "max-age=86400, public"
+    assert head(s3, bucket, "static/site.css")["ContentEncoding"] == "gzip"
+    with RawWindow(rgw, bucket) as w:
+        os.rename(m.path / "media" / "pic.png", m.path / "static" / "pic.png")
+        os.rename(m.path / "static" / "site.css", m.path / "media" / "site.css")
+        flush(m)
+    assert list_keys(s3, bucket) == ["media/", "media/site.css", "static/",
+                                     "static/pic.png"]
+    h = head(s3, bucket, "static/pic.png")
+    assert h["CacheControl"] == "max-age=31536000, public, immutable"
+    assert h["ContentType"] == "image/png"
+    assert "ContentEncoding" not in h
+    assert body(s3, bucket, "static/pic.png") == png
+    st = os.stat(m.path / "static" / "pic.png")
+    assert st.st_mtime_ns == 1_500_000_000_111_111_111
+    check_posix_meta(h["Metadata"], st, "static/pic.png")
+    h = head(s3, bucket, "media/site.css")
+    assert h["CacheControl"] == "max-age=86400, public"
+    assert h["ContentType"] == "text/css; charset=utf-8"
+    assert decoded_body(s3, bucket, "media/site.css") == css
+    assert read_file(m.path / "media" / "site.css") == css
+    assert w.ops()["DELETE"] == 2, w.describe()
+    m2 = mount(bucket)  # sizes from S3 alone
+    assert os.stat(m2.path / "media" / "site.css").st_size == len(css)
+    assert read_file(m2.path / "media" / "site.css") == css
+    assert os.stat(m2.path / "static" / "pic.png").st_size == len(png)
+    assert "ContentEncoding" not in h, \
+        "media/ has no compress rule: a fresh write there is stored plain"
+
+
+def test_rename_over_existing(s3, bucket, mount, rgw):
+    m = mount(bucket)
+    write_file(m.path / "a", b"AAAA")
+    write_file(m.path / "b", b"BB")
+    flush(m)
+    os.rename(m.path / "a", m.path / "b")
+    flush(m)
+    assert list_keys(s3, bucket) == ["b"]
+    assert body(s3, bucket, "b") == b"AAAA"
+    # a file not uploaded yet, renamed over an uploaded one: one PUT of the
+    # final name, nothing for the first name
+    with RawWindow(rgw, bucket) as w:
+        write_file(m.path / "c", b"CCCCCC")
+        os.rename(m.path / "c", m.path / "b")
+        flush(m)
+    assert w.ops("b") == {"PUT": 1}, w.describe()
+    assert not w.for_key("c"), w.describe()
+    assert list_keys(s3, bucket) == ["b"]
+    assert body(s3, bucket, "b") == b"CCCCCC"
+    assert read_file(m.path / "b") == b"CCCCCC"
+
+
+def test_rm_rf_tree(s3, bucket, mount, rgw):
+    m = mount(bucket)
+    for d in range(5):
+        os.makedirs(m.path / "tree" / f"d{d}")
+        for i in range(10):
+            write_file(m.path / "tree" / f"d{d}" / f"f{i}", b"x" * i)
+    flush(m)
+    assert len(list_keys(s3, bucket)) == 56
+    with RawWindow(rgw, bucket) as w:
+        subprocess.run(["rm", "-rf", str(m.path / "tree")], check=True)
+        assert os.listdir(m.path) == []
+        flush(m)
+    assert list_keys(s3, bucket) == []
+    assert not [r for r in w.reqs if r.method in ("PUT", "POST") and
+                r.op != "DELETE_MULTI" and "delete" not in r.query], w.describe()
+    print(f"rm -rf of 56 keys: {dict(w.ops())}")
+
+
+def test_rename_directory(s3, bucket, mount, rgw):
+    m = mount(bucket)
+    tree = {"a.txt": b"A" * 10, "b.png": random_bytes(500),
+            "sub/c.txt": b"C" * 30, "sub/deeper/d": b"D"}
+    os.makedirs(m.path / "old" / "sub" / "deeper")
+    for k, v in tree.items():
+        write_file(m.path / "old" / k, v)
+    flush(m)
+    before = list_keys(s3, bucket)
+    assert before == sorted(["old/", "old/sub/", "old/sub/deeper/"] +
+                            [f"old/{k}" for k in tree])
+    os.rename(m.path / "old", m.path / "new")
+    assert sorted(walk_files(m.path / "new")) == sorted(tree)
+    assert not os.path.exists(m.path / "old")
+    flush(m)
+    assert list_keys(s3, bucket) == [k.replace("old/", "new/", 1) for k in before]
+    for k, v in tree.items():
+        assert body(s3, bucket, f"new/{k}") == v, k
+        assert read_file(m.path / "new" / k) == v
+    m.remount()
+    assert sorted(os.listdir(m.path)) == ["new"]
+    assert sorted(walk_files(m.path / "new")) == sorted(tree)
+
+
+def test_modify_uploaded_file(s3, bucket, mount, rgw):
+    """truncate, ftruncate, overwrite in place, append: each change of an
+    uploaded file is uploaded again, once."""
+    m = mount(bucket)
+    p = m.path / "data.bin"
+    data = bytearray(random_bytes(10000))
+    write_file(p, bytes(data))
+    flush(m)
+
+    def step(fn):
+        with RawWindow(rgw, bucket) as w:
+            fn()
+            assert read_file(p) == bytes(data)  # before the upload
+            flush(m)
+        assert body(s3, bucket, "data.bin") == bytes(data)
+        puts = [r for r in w.for_key("data.bin") if r.method in ("PUT", "POST")]
+        assert len(puts) == 1 and puts[0].op == "PUT", w.describe()
+        assert not w.ops()["DELETE"], w.describe()
+
+    def shrink():
+        os.truncate(p, 100)
+        del data[100:]
+
+    def extend():
+        with open(p, "r+b") as f:
+            os.ftruncate(f.fileno(), 5000)
+        data.extend(bytes(4900))
+
+    def overwrite():
+        with open(p, "r+b") as f:
+            f.seek(10)
+            f.write(b"OVERWRITTEN")
+        data[10:21] = b"OVERWRITTEN"
+
+    def append():
+        with open(p, "ab") as f:
+            f.write(b"appended")
+        data.extend(b"appended")
+
+    def to_zero():
+        os.truncate(p, 0)
+        del data[:]
+
+    for fn in (shrink, extend, overwrite, append, to_zero):
+        step(fn)
+        assert os.stat(p).st_size == len(data), fn.__name__
+    # the same after a remount, read from S3 with a fresh cache
+    m2 = mount(bucket)
+    assert read_file(m2.path / "data.bin") == b""
+
+
+def test_attributes_of_uploaded_file(s3, bucket, mount, rgw):
+    """chmod, chown, utimens after the upload: metadata replaced in place by
+    a COPY; the rule headers (Cache-Control, Content-Encoding) survive."""
+    m = mount(bucket)
+    os.mkdir(m.path / "static")
+    css = b"a { color: blue }\n" * 300
+    p = m.path / "static" / "x.css"
+    write_file(p, css)
+    flush(m)
+    stored = head(s3, bucket, "static/x.css")
+    assert stored["ContentEncoding"] == "gzip"
+    mtime = 1_234_567_890_987_654_321
+    with RawWindow(rgw, bucket) as w:
+        os.chmod(p, 0o600)
+        os.chown(p, 1234, 2345)
+        os.utime(p, ns=(mtime, mtime))
+        flush(m)
+    reqs = [r for r in w.for_key("static/x.css") if r.op != "HEAD"]
+    assert [r.op for r in reqs] == ["PUT"], w.describe()
+    assert is_copy(reqs[0], stored["ContentLength"]), \
+        f"metadata change re-sent the body instead of a COPY: {reqs[0].line}"
+    h = head(s3, bucket, "static/x.css")
+    md = h["Metadata"]
+    assert int(md["mode"]) == stat.S_IFREG | 0o600
+    assert (md["uid"], md["gid"]) == ("1234", "2345")
+    assert md["mtime"] == "1234567890"
+    assert md["cdnfs-mtime"] == "1234567890.987654321"
+    assert md["cdnfs-size"] == str(len(css))
+    assert h["CacheControl"] == "max-age=31536000, public, immutable"
+    assert h["ContentEncoding"] == "gzip"
+    assert h["ContentType"] == "text/css; charset=utf-8"
+    assert h["ETag"] == stored["ETag"]
+    assert decoded_body(s3, bucket, "static/x.css") == css
+    st = os.stat(p)
+    assert (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns) == \
+        (stat.S_IFREG | 0o600, 1234, 2345, mtime)
+
+
+def test_mtime_nanoseconds_through_remount(s3, bucket, mount):
+    m = mount(bucket)
+    write_file(m.path / "plain", b"p")
+    write_file(m.path / "set", b"s")
+    os.utime(m.path / "set", ns=(1_700_000_000_000_000_001, 1_700_000_000_000_000_001))
+    os.mkdir(m.path / "dir")
+    os.utime(m.path / "dir", ns=(1_600_000_000_999_999_999,) * 2)
+    want = {n: os.stat(m.path / n).st_mtime_ns for n in ("plain", "set", "dir")}
+    assert want["set"] == 1_700_000_000_000_000_001
+    flush(m)
+    m.remount()
+    got = {n: os.stat(m.path / n).st_mtime_ns for n in ("plain", "set", "dir")}
+    assert got == want
+    # and a mount that never saw the files (empty cache): from the metadata
+    m2 = mount(bucket)
+    got = {n: os.stat(m2.path / n).st_mtime_ns for n in ("plain", "set", "dir")}
+    assert got == want
+
+
+def test_symlink(s3, bucket, mount):
+    m = mount(bucket)
+    os.symlink("target/of the link", m.path / "lnk")
+    os.symlink("../elsewhere", m.path / "lnk2")
+    assert os.readlink(m.path / "lnk") == "target/of the link"
+    assert stat.S_ISLNK(os.lstat(m.path / "lnk").st_mode)
+    flush(m)
+    assert body(s3, bucket, "lnk") == b"target/of the link"
+    md = meta(s3, bucket, "lnk")
+    assert stat.S_ISLNK(int(md["mode"])), md
+    m.remount()
+    assert os.readlink(m.path / "lnk") == "target/of the link"
+    assert os.readlink(m.path / "lnk2") == "../elsewhere"
+    st = os.lstat(m.path / "lnk")
+    assert stat.S_ISLNK(st.st_mode) and st.st_size == len("target/of the link")
+    m2 = mount(bucket)
+    assert os.readlink(m2.path / "lnk") == "target/of the link"
+
+
+def test_refused_operations(s3, bucket, mount):
+    m = mount(bucket)
+    write_file(m.path / "f", b"f")
+    flush(m)
+    write_file(m.path / "g", b"g")  # not uploaded yet
+    for name in ("f", "g"):
+        with pytest.raises(FileExistsError):
+            os.open(m.path / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    with pytest.raises(FileExistsError):
+        os.mkdir(m.path / "f")
+    with pytest.raises(OSError) as e:
+        os.link(m.path / "f", m.path / "hard")
+    assert e.value.errno == errno.EPERM
+    with pytest.raises(OSError) as e:
+        os.mkfifo(m.path / "fifo")
+    assert e.value.errno == errno.EPERM
+    sv = os.statvfs(m.path)
+    assert sv.f_bsize > 0 and sv.f_namemax == 255, sv
+    flush(m)
+    assert list_keys(s3, bucket) == ["f", "g"]
+
+
+# ---------------------------------------- changes during an upload in flight --
+
+def wait_log(rgw, needle, timeout=30):
+    """Wait until the raw rgw log has a line containing needle."""
+    deadline = time.monotonic() + timeout
+    with open(rgw.path, "rb") as f:
+        f.seek(0, os.SEEK_END)
+        buf = b""
+        while time.monotonic() < deadline:
+            chunk = f.read()
+            if chunk:
+                buf += chunk
+                if needle.encode() in buf:
+                    return
+            else:
+                time.sleep(0.005)
+    raise AssertionError(f"no '{needle}' in the rgw log within {timeout} s")
+
+
+@pytest.mark.parametrize("change", ["rename", "chmod", "utime", "write"])
+def test_change_during_upload(s3, bucket, mount, rgw, change):
+    data = random_bytes(40 * MiB)
+    want = (sha256(data), len(data))
+    m = mount(bucket)
+    p = m.path / "big.bin"
+    # start watching the log before the write: the upload may start at once
+    watcher = concurrent.futures.ThreadPoolExecutor(1)
+    seen = watcher.submit(wait_log, rgw, f"POST /{bucket}/big.bin?uploads")
+    write_file(p, data)
+    if change == "write":  # the new contents, uploaded once the old are
+        data = bytearray(data)
+        data[5 * MiB:5 * MiB + 9] = b"REWRITTEN"
+        want = (sha256(data), len(data))
+    del data
+    seen.result()  # the multipart upload has begun
+    watcher.shutdown()
+    mtime = 1_111_111_111_222_222_222
+    log_at_change = rgw.path.stat().st_size
+    if change == "rename":
+        os.rename(p, m.path / "moved.bin")
+        p = m.path / "moved.bin"
+    elif change == "chmod":
+        os.chmod(p, 0o604)
+    elif change == "utime":
+        os.utime(p, ns=(mtime, mtime))
+    else:
+        with open(p, "r+b") as f:
+            f.seek(5 * MiB)
+            f.write(b"REWRITTEN")
+    up = status(m)
+    flush(m)
+    # the change did come while the upload ran: it completed after the change
+    with open(rgw.path, "rb") as f:
+        f.seek(log_at_change)
+        later = f.read().decode(errors="replace")
+    assert f"POST /{bucket}/big.bin?uploadId=" in later, \
+        "precondition: the upload of big.bin was over before the change"
+    key = p.name
+    assert list_keys(s3, bucket) == [key], up
+    assert object_sha256(s3, bucket, key) == want
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    md = meta(s3, bucket, key)
+    st = os.stat(p)
+    check_posix_meta(md, st, change)
+    if change == "chmod":
+        assert st.st_mode == stat.S_IFREG | 0o604
+    if change == "utime":
+        assert st.st_mtime_ns == mtime
+    assert file_sha256(p) == want
+    m2 = mount(bucket)
+    st2 = os.stat(m2.path / key)
+    assert (st2.st_mode, st2.st_mtime_ns, st2.st_size) == \
+        (st.st_mode, st.st_mtime_ns, st.st_size)
+
+
+# -------------------------------------------------------------- concurrency --
+
+def test_100_parallel_writers(s3, bucket, mount):
+    rng = random.Random(6)
+    files = {f"w/{i // 25}/f{i:03d}.bin": rng.randbytes(rng.randrange(0, 256 * 1024 + 1))
+             for i in range(100)}
+    m = mount(bucket)
+    for i in range(4):
+        os.makedirs(m.path / "w" / str(i))
+    errors = []
+    start = threading.Barrier(100)
+
+    def writer(key, data):
+        try:
+            start.wait()
+            with open(m.path / key, "wb") as f:
+                for off in range(0, len(data), 32768):
+                    f.write(data[off:off + 32768])
+        except Exception as e:  # collected: asserted below
+            errors.append((key, e))
+
+    threads = [threading.Thread(target=writer, args=kv) for kv in files.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    flush(m)
+    dirs = ["w/", *(f"w/{i}/" for i in range(4))]
+    assert list_keys(s3, bucket) == sorted(list(files) + dirs)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        got = dict(zip(files, pool.map(lambda k: body(s3, bucket, k), files)))
+    bad = [k for k in files if got[k] != files[k]]
+    assert not bad, f"{len(bad)} objects differ, e.g. {bad[:5]}"
+    bad = [k for k in files if read_file(m.path / k) != files[k]]
+    assert not bad, f"{len(bad)} files differ through the mount, e.g. {bad[:5]}"
+
+
+# ------------------------------------------------------------------ crashes --
+
+def test_kill9_during_copy(s3, bucket, mount):
+    """SIGKILL while a tree is being copied in: after a remount over the same
+    cache every file that was closed before the kill reaches S3 intact."""
+    rng = random.Random(9)
+    tree = {f"tree/{d}/f{i:02d}.bin": rng.randbytes(rng.randrange(20_000, 200_000))
+            for d in ("a", "b") for i in range(30)}
+    m = mount(bucket, "writeback_delay=2")
+    for d in ("a", "b"):
+        os.makedirs(m.path / "tree" / d)
+    closed = []
+    failed = []
+    mid = threading.Event()  # file 26 is open and half written
+    killed = threading.Event()
+    items = list(tree.items())
+
+    def copier():
+        for i, (k, v) in enumerate(items):
+            try:
+                with open(m.path / k, "wb") as f:
+                    f.write(v[:len(v) // 2])
+                    if i == 25:
+                        mid.set()
+                        killed.wait(30)
+                    f.write(v[len(v) // 2:])
+            except OSError as e:
+                failed.append((k, e.errno))
+                return
+            closed.append(k)
+
+    t = threading.Thread(target=copier)
+    t.start()
+    assert mid.wait(30), "the copy did not get to file 26"
+    m.proc.kill()
+    m.proc.wait()
+    killed.set()
+    t.join(timeout=30)
+    assert not t.is_alive(), "the copy hangs on a dead mount"
+    assert len(closed) == 25, closed
+    assert failed and failed[0][0] == items[25][0] and \
+        failed[0][1] in (errno.ENOTCONN, errno.ECONNABORTED), failed
+    done = list(closed)
+    lazy_unmount(m.path)
+    m.start()  # same arguments, same cache_dir
+    flush(m)
+    keys = set(list_keys(s3, bucket))
+    missing = [k for k in done if k not in keys]
+    assert not missing, f"{len(missing)} of {len(done)} closed files not in S3: " \
+                        f"{missing[:5]}"
+    bad = [k for k in done if body(s3, bucket, k) != tree[k]]
+    assert not bad, f"closed files differ in S3: {bad[:5]}"
+    bad = [k for k in done if read_file(m.path / k) != tree[k]]
+    assert not bad, f"closed files differ through the mount: {bad[:5]}"
+    assert {"tree/", "tree/a/", "tree/b/"} <= keys
+    extra = keys - set(done) - {"tree/", "tree/a/", "tree/b/"}
+    # the file being written at the kill may or may not be there; nothing else
+    assert len(extra) <= 1, extra
+
+
+# -------------------------------------------------------------------- names --
+
+NAMES = ["with space.txt", "ünïcödé-日本語.txt", "plus+sign.txt",
+         "percent%41.txt", "percent%.txt", "a+b%20c d.txt",
+         "dir with space +%é/inner +%~é.txt"]
+
+
+def test_special_names(s3, bucket, mount, rgw):
+    m = mount(bucket)
+    os.mkdir(m.path / "dir with space +%é")
+    for n in NAMES:
+        write_file(m.path / n, n.encode() * 3)
+    with RawWindow(rgw, bucket) as w:
+        flush(m)
+    assert list_keys(s3, bucket) == sorted(NAMES + ["dir with space +%é/"])
+    for n in NAMES:
+        assert body(s3, bucket, n) == n.encode() * 3, n
+        assert w.ops(n) == {"PUT": 1}, w.describe()
+    m2 = mount(bucket)
+    assert sorted(os.listdir(m2.path)) == sorted(n.split("/")[0] for n in NAMES)
+    for n in NAMES:
+        assert read_file(m2.path / n) == n.encode() * 3, n
+
+
+# ---------------------------------------------------------------- bad input --
+
+def test_name_too_long(s3, bucket, mount):
+    m = mount(bucket)
+    ok = "n" * 255
+    write_file(m.path / ok, b"255")
+    for fn in (lambda p: open(p, "wb"), os.mkdir, lambda p: os.symlink("t", p),
+               lambda p: os.rename(m.path / ok, p)):
+        with pytest.raises(OSError) as e:
+            fn(m.path / ("n" * 256))
+        assert e.value.errno == errno.ENAMETOOLONG
+    flush(m)
+    assert list_keys(s3, bucket) == [ok]
+    assert body(s3, bucket, ok) == b"255"
+
+
+def test_key_too_long(s3, bucket, mount, rgw):
+    """A prefix mount whose prefix is 990 bytes: a name that makes the key
+    longer than 1024 bytes is refused with ENAMETOOLONG, and nothing is
+    sent for it."""
+    prefix = "/".join(c * 197 for c in "pqrst")  # 5 * 197 + 4 = 989 bytes
+    m = mount(bucket, prefix=prefix)
+    # key = prefix + "/" + name: a 35-byte name makes 1025 bytes
+    with RawWindow(rgw, bucket) as w:
+        for fn in (lambda p: open(p, "wb"), os.mkdir, lambda p: os.symlink("t", p)):
+            with pytest.raises(OSError) as e:
+                fn(m.path / ("x" * 35))
+            assert e.value.errno == errno.ENAMETOOLONG
+        os.mkdir(m.path / "d")
+        with pytest.raises(OSError) as e:
+            open(m.path / "d" / ("y" * 33), "wb")  # 989 + 1 + 1 + 1 + 33
+        assert e.value.errno == errno.ENAMETOOLONG
+        os.rmdir(m.path / "d")
+        flush(m)
+    assert not w.writes(), w.describe()
+    assert list_keys(s3, bucket) == []
+
+
+REJECTING_RULES = {
+    "glacier": "storage_class = GLACIER\n",  # RGW: 400 InvalidArgument
+    "kms": "sse = aws:kms\nsse_kms_key_id = no-such-key\n",  # 400 InvalidRequest
+}
+
+
+@pytest.mark.parametrize("case", list(REJECTING_RULES))
+def test_upload_rejected(s3, bucket, mount, rgw, tmp_path, case):
+    """The server rejects the PUT: fsync says EIO, the log names the key, the
+    staged copy stays readable, and a good file beside it still goes up."""
+    conf = tmp_path / "cdnfs.conf"
+    conf.write_text('[rule "cold/**"]\n' + REJECTING_RULES[case])
+    m = mount(bucket, f"config={conf}")
+    os.mkdir(m.path / "cold")
+    data = b"will be refused\n" * 10
+    fd = os.open(m.path / "cold" / "x.txt", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        with RawWindow(rgw, bucket) as w:
+            with pytest.raises(OSError) as e:
+                os.fsync(fd)
+        assert e.value.errno == errno.EIO
+    finally:
+        os.close(fd)
+    rejected = [r for r in w.for_key("cold/x.txt") if r.op == "PUT"]
+    assert rejected and all(r.status == 400 for r in rejected), w.describe()
+    assert len(rejected) == 1, f"a 400 is not worth a retry:\n{w.describe()}"
+    assert "cold/x.txt" in m.read_log(), m.read_log()
+    assert read_file(m.path / "cold" / "x.txt") == data
+    assert status(m)["upload_failures"] >= 1, status(m)
+    write_file(m.path / "fine.txt", b"fine")
+    try:
+        flush(m)
+    except OSError as e:  # the flush may report the failed upload
+        assert e.errno == errno.EIO
+    assert body(s3, bucket, "fine.txt") == b"fine"
+    assert "cold/x.txt" not in list_keys(s3, bucket)
+    assert read_file(m.path / "cold" / "x.txt") == data
+    # the unmount keeps the change for the next mount (and says so)
+    rc = unmount_raw(m)
+    log = m.read_log()
+    assert re.search(r"could not be sent.*kept in", log), log
+    print(f"exit status of cdnfs with a rejected upload pending: {rc}")
+    # staged copy kept over a remount too; unlinking it ends the matter
+    m2 = mount(bucket, f"config={conf}", cache_dir=m.cache_dir)
+    assert read_file(m2.path / "cold" / "x.txt") == data
+    os.unlink(m2.path / "cold" / "x.txt")
+    flush(m2)
+    assert list_keys(s3, bucket) == ["cold/", "fine.txt"]
