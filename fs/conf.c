@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include "conf.h"
@@ -45,6 +46,15 @@ static const struct opt opts[] = {
 	{ "umask", K_OCT, O(umask), "umask for objects without x-amz-meta-mode (022)" },
 	{ "ro", K_FLAG, O(ro), "read-only mount" },
 	{ "allow_other", K_FLAG, O(allow_other), "let other users in (implies default_permissions)" },
+	{ "cdn", K_STR, O(cdn), "cloudfront, cloudflare or none: purge the CDN on changes (none)" },
+	{ "cdn_distribution_id", K_STR, O(cdn_distribution_id), "CloudFront distribution id" },
+	{ "cdn_zone_id", K_STR, O(cdn_zone_id), "Cloudflare zone id" },
+	{ "cdn_domain", K_STR, O(cdn_domain), "the CDN's host name (public URLs, Cloudflare purges)" },
+	{ "cdn_endpoint", K_STR, O(cdn_endpoint), "CDN API base URL (tests, proxies)" },
+	{ "cdn_path_prefix", K_STR, O(cdn_path_prefix), "path the CDN serves the mount under" },
+	{ "invalidate_delay", K_DUR, O(invalidate_delay), "quiet seconds before purges go out (2)" },
+	{ "flush_timeout", K_DUR, O(flush_timeout), "seconds unmount waits for purges (10)" },
+	{ "cloudflare_batch", K_INT, O(cloudflare_batch), "URLs per Cloudflare purge call (100)" },
 };
 
 void conf_defaults(struct fs_conf *c)
@@ -63,6 +73,9 @@ void conf_defaults(struct fs_conf *c)
 	c->uid = getuid();
 	c->gid = getgid();
 	c->umask = 022;
+	c->invalidate_delay = 2;
+	c->flush_timeout = 10;
+	c->cloudflare_batch = 100;
 }
 
 void conf_release(struct fs_conf *c)
@@ -217,6 +230,11 @@ static const char *check_bounds(const struct fs_conf *c, const struct opt *o)
 		return "must be at least 1";
 	if (o->off == O(cache_size) && c->cache_size < (1ULL << 20))
 		return "must be at least 1M";
+	if (o->off == O(cloudflare_batch) && (c->cloudflare_batch < 1 || c->cloudflare_batch > 500))
+		return "must be 1 to 500";
+	if (o->off == O(cdn) && strcmp(c->cdn, "cloudfront") && strcmp(c->cdn, "cloudflare") &&
+	    strcmp(c->cdn, "none"))
+		return "must be cloudfront, cloudflare or none";
 	return NULL;
 }
 
@@ -267,13 +285,47 @@ int conf_set_bucket(struct fs_conf *c, const char *spec, struct buf *err)
 	return c->bucket && c->prefix ? 0 : -ENOMEM;
 }
 
+static int env_true(const char *name)
+{
+	const char *v = getenv(name);
+
+	return v && (!strcasecmp(v, "true") || !strcmp(v, "1") || !strcasecmp(v, "yes") ||
+		     !strcasecmp(v, "on"));
+}
+
+/* The seed's deployment modes: USE_CDN with CDN_DISTRIBUTION_ID is
+ * CloudFront, with CLOUDFLARE_ZONE_ID Cloudflare. */
+static int cdn_from_env(struct fs_conf *c, struct buf *err)
+{
+	const char *prov = NULL;
+
+	if (!env_true("USE_CDN") || c->cdn)
+		return 0;
+	if (getenv("CDN_DISTRIBUTION_ID") && *getenv("CDN_DISTRIBUTION_ID"))
+		prov = "cloudfront";
+	else if (getenv("CLOUDFLARE_ZONE_ID") && *getenv("CLOUDFLARE_ZONE_ID"))
+		prov = "cloudflare";
+	if (!prov) {
+		(void)!buf_addstr(err, "USE_CDN=true needs CDN_DISTRIBUTION_ID (CloudFront) or "
+				       "CLOUDFLARE_ZONE_ID (Cloudflare)");
+		return -EINVAL;
+	}
+	return conf_set(c, "cdn", prov, err);
+}
+
 int conf_from_env(struct fs_conf *c, struct buf *err)
 {
 	static const char *const map[][2] = {
 		{ "AWS_S3_ENDPOINT_URL", "endpoint" },
 		{ "AWS_S3_REGION_NAME", "region" },
+		{ "CDN_DISTRIBUTION_ID", "cdn_distribution_id" },
+		{ "CLOUDFLARE_ZONE_ID", "cdn_zone_id" },
+		{ "CDN_DOMAIN", "cdn_domain" },
 	};
 	int rc = 0;
+
+	if (env_true("AWS_S3_USE_ACCELERATE") && !c->endpoint)
+		rc = conf_set(c, "endpoint", "https://s3-accelerate.amazonaws.com", err);
 
 	for (size_t i = 0; i < ARRAY_SIZE(map) && rc == 0; i++) {
 		const char *v = getenv(map[i][0]);
@@ -282,12 +334,12 @@ int conf_from_env(struct fs_conf *c, struct buf *err)
 		if (v && *v && !*(char **)((char *)c + o->off))
 			rc = conf_set(c, map[i][1], v, err);
 	}
-	return rc;
+	return rc ?: cdn_from_env(c, err);
 }
 
 const char *conf_help(void)
 {
-	static char text[4096];
+	static char text[8192];
 	size_t off = 0;
 
 	if (text[0])

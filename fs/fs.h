@@ -34,6 +34,7 @@ struct dcache;
 struct attrcache;
 struct wb_job;
 struct rules;
+struct cdn;
 
 /* Options (fs/conf.c). */
 struct fs_conf {
@@ -61,6 +62,16 @@ struct fs_conf {
 	uid_t uid;
 	gid_t gid;
 	mode_t umask;
+	/* CDN (cdn/): see include/cdn.h */
+	char *cdn;             /* cloudfront | cloudflare | none */
+	char *cdn_distribution_id;
+	char *cdn_zone_id;
+	char *cdn_domain;
+	char *cdn_endpoint;
+	char *cdn_path_prefix;
+	double invalidate_delay;
+	double flush_timeout;
+	int cloudflare_batch;
 };
 
 struct fattr {
@@ -99,6 +110,7 @@ struct fs {
 	struct attrcache *ac;
 	struct wq *io;           /* HEADs, read-ahead, multipart parts */
 	struct rules *rules;
+	struct cdn *cdn;         /* NULL: no CDN */
 
 	pthread_mutex_t lock;    /* see the top of this file */
 	pthread_cond_t cond;     /* broadcast when a listing or an upload finishes */

@@ -21,6 +21,7 @@
 #include "attrcache.h"
 #include "conf.h"
 #include "creds.h"
+#include "cdn.h"
 #include "dcache.h"
 #include "http.h"
 #include "log.h"
@@ -137,8 +138,15 @@ static int config_opt(void *arg, const char *section, const char *key, const cha
 		      struct buf *err)
 {
 	struct fs_conf *c = arg;
+	char name[96];
 
-	(void)section;
+	/* in [cdn], "provider" is cdn= and "distribution_id" is cdn_distribution_id= */
+	if (strcmp(section, "cdn") == 0 && strcmp(key, "provider") == 0)
+		key = "cdn";
+	else if (strcmp(section, "cdn") == 0 && !conf_known(key) &&
+		 snprintf(name, sizeof(name), "cdn_%s", key) < (int)sizeof(name) &&
+		 conf_known(name))
+		key = name;
 	return conf_set(c, key, value, err);
 }
 
@@ -296,6 +304,36 @@ static int connect_s3(struct fs *fs)
 	return rc < 0 ? 1 : 0;
 }
 
+static int setup_cdn(struct fs *fs)
+{
+	struct fs_conf *c = &fs->conf;
+	struct cdn_conf cc = { 0 };
+	struct buf err;
+	int rc;
+
+	if (!c->cdn || strcmp(c->cdn, "none") == 0)
+		return 0;
+	rc = cdn_provider_parse(c->cdn, &cc.provider);
+	if (rc < 0)
+		return rc;
+	cc.distribution_id = c->cdn_distribution_id;
+	cc.zone_id = c->cdn_zone_id;
+	cc.domain = c->cdn_domain;
+	cc.endpoint = c->cdn_endpoint;
+	cc.path_prefix = c->cdn_path_prefix;
+	cc.journal_dir = c->cache_dir;
+	cc.invalidate_delay = c->invalidate_delay;
+	cc.flush_timeout = c->flush_timeout;
+	cc.cloudflare_batch = c->cloudflare_batch;
+	cc.request_timeout = (double)c->timeout;
+	buf_init(&err, 4096);
+	rc = cdn_new(&fs->cdn, &cc, fs->http, fs->creds, &err);
+	if (rc < 0)
+		fprintf(stderr, "cdnfs: %s\n", err.len ? buf_str(&err) : strerror(-rc));
+	buf_release(&err);
+	return rc;
+}
+
 static int print_rules(struct fs *fs, const char *explain)
 {
 	struct buf out;
@@ -333,6 +371,8 @@ static int start_threads(struct fs *fs)
 		rc = dcache_open(&fs->dc, &dc, fs->s3, fs->io);
 	if (rc == 0)
 		rc = wb_start(fs->wb);
+	if (rc == 0 && fs->cdn)
+		rc = cdn_start(fs->cdn);
 	if (rc < 0)
 		log_error("cannot start: %s", strerror(-rc));
 	return rc;
@@ -340,6 +380,7 @@ static int start_threads(struct fs *fs)
 
 static void teardown(struct fs *fs)
 {
+	cdn_free(fs->cdn);
 	if (fs->wb)
 		wb_free(fs->wb);
 	wq_free(fs->io);
@@ -395,6 +436,8 @@ out:
 			  left, left == 1 ? "" : "s", fs->conf.cache_dir);
 		rc = 1;
 	}
+	if (fs->cdn)
+		(void)cdn_shutdown(fs->cdn, -1); /* it logs what stays in the journal */
 	fuse_destroy(fuse);
 	return rc;
 }
@@ -436,7 +479,7 @@ int main(int argc, char *argv[])
 	}
 	fs->conf.mountpoint = strdup(cl.mountpoint);
 	if (check_mountpoint(cl.mountpoint) || (lockfd = setup_cache_dir(fs)) < 0 ||
-	    connect_s3(fs))
+	    connect_s3(fs) || setup_cdn(fs) < 0)
 		goto out;
 	rc = run(fs, &cl);
 out:

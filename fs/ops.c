@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "attrcache.h"
+#include "cdn.h"
 #include "dcache.h"
 #include "log.h"
 #include "ops.h"
@@ -841,6 +842,9 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 	}
 	attrcache_del(fs->ac, buf_str(&fk));
 	dcache_forget(fs->dc, buf_str(&fk));
+	/* both names: the old one is gone, the new one may have been cached */
+	if (cdn_purge(fs->cdn, from + 1, 0) < 0 || cdn_purge(fs->cdn, to + 1, 0) < 0)
+		log_error("cannot queue the CDN purge of '%s'", from);
 	if (meta_resolve(fs, from, &n) < 0 || meta_resolve_parent(fs, to, &dir, &name) < 0)
 		goto out; /* changed meanwhile: the next listing tells */
 	if (tree_child(dir, name) && tree_child(dir, name)->job)

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cdn.h"
 #include "log.h"
 #include "ops.h"
 #include "wb.h"
@@ -282,6 +283,8 @@ int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 			  strerror(-rc));
 		goto out;
 	}
+	if (cdn_purge(fs->cdn, from + 1, 1) < 0 || cdn_purge(fs->cdn, to + 1, 1) < 0)
+		log_error("cannot queue the CDN purge of '%s'", from);
 	rc = meta_resolve(fs, from, &n) ?: meta_resolve_parent(fs, to, &dir, &name);
 	rc = rc ?: tree_move(n, dir, name);
 	if (rc == 0) {

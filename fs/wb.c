@@ -22,10 +22,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "attrcache.h"
+#include "cdn.h"
 #include "compress.h"
 #include "dcache.h"
 #include "log.h"
@@ -380,6 +382,7 @@ int wb_sync_all(struct wb *wb)
 
 struct snapshot {
 	enum wb_kind kind;
+	int existed;
 	char *key;
 	char *data;
 	struct fattr a;
@@ -389,6 +392,7 @@ struct snapshot {
 	char etag[S3_ETAG_MAX];
 	uint64_t rsize;
 	int compressed;
+	const struct sigv4_kv *override; /* one header set by hand (xattr), or NULL */
 };
 
 static int add_hdr(struct sigv4_kv *kv, size_t *n, size_t cap, const char *name,
@@ -401,6 +405,28 @@ static int add_hdr(struct sigv4_kv *kv, size_t *n, size_t cap, const char *name,
 }
 
 /* The headers of an upload of snapshot s: rules, POSIX metadata, encoding. */
+/* Replace header name in kv (or add it); value NULL removes it. */
+static int set_hdr(struct sigv4_kv *kv, size_t *n, size_t cap, const char *name,
+		   const char *value)
+{
+	for (size_t i = 0; i < *n; i++)
+		if (strcasecmp(kv[i].name, name) == 0) {
+			if (value) {
+				kv[i].value = value;
+			} else {
+				kv[i] = kv[*n - 1];
+				(*n)--;
+			}
+			return 0;
+		}
+	if (!value)
+		return 0;
+	if (*n >= cap)
+		return -E2BIG;
+	kv[(*n)++] = (struct sigv4_kv){ name, value };
+	return 0;
+}
+
 static int build_headers(struct wb *wb, struct snapshot *s, const char *encoding,
 			 const char *orig_size, struct buf *st, struct sigv4_kv *kv, size_t *n,
 			 size_t cap)
@@ -422,6 +448,10 @@ static int build_headers(struct wb *wb, struct snapshot *s, const char *encoding
 	}
 	if (rc == 0)
 		rc = meta_posix_headers(&s->a, st, kv, n, cap);
+	if (rc == 0 && s->override)
+		rc = set_hdr(kv, n, cap, s->override->name,
+			     s->override->value && *s->override->value ? s->override->value
+								      : NULL);
 	return rc;
 }
 
@@ -657,8 +687,29 @@ static int recode_copy(struct wb *wb, const char *src, struct snapshot *s,
  * every header dst's rules give, the POSIX metadata a (NULL: the object's
  * own), and the encoding the object has.  Objects over 5 GiB are copied by
  * parts.  Unlocked. */
+static int server_copy(struct wb *wb, const char *src, const char *dst, const struct fattr *a,
+		       const struct sigv4_kv *override, char etag[S3_ETAG_MAX], uint64_t *rsize,
+		       int *compressed);
+
 int wb_server_copy(struct wb *wb, const char *src, const char *dst, const struct fattr *a,
 		   char etag[S3_ETAG_MAX], uint64_t *rsize, int *compressed)
+{
+	return server_copy(wb, src, dst, a, NULL, etag, rsize, compressed);
+}
+
+int wb_set_header(struct wb *wb, const char *key, const struct fattr *a, const char *name,
+		  const char *value, char etag[S3_ETAG_MAX])
+{
+	struct sigv4_kv ov = { name, value };
+	uint64_t rsize;
+	int comp;
+
+	return server_copy(wb, key, key, a, &ov, etag, &rsize, &comp);
+}
+
+static int server_copy(struct wb *wb, const char *src, const char *dst, const struct fattr *a,
+		       const struct sigv4_kv *override, char etag[S3_ETAG_MAX], uint64_t *rsize,
+		       int *compressed)
 {
 	struct s3_obj o;
 	struct sigv4_kv kv[RULES_HEADERS_MAX + 8];
@@ -672,6 +723,7 @@ int wb_server_copy(struct wb *wb, const char *src, const char *dst, const struct
 	if (rc < 0)
 		goto out;
 	s.key = (char *)dst;
+	s.override = override;
 	s.is_marker = dst[0] && dst[strlen(dst) - 1] == '/';
 	if (a)
 		s.a = *a;
@@ -745,12 +797,29 @@ static void finish(struct wb *wb, struct wb_job *j, struct snapshot *s)
 	j->cancelled = 1;
 }
 
+/* What the CDN may hold for the key became wrong: an overwrite (only now
+ * that the new object is durable, or the edge would fetch the old one
+ * again), a metadata change, a delete.  New keys purge nothing. */
+static void purge(struct wb *wb, const struct snapshot *s)
+{
+	struct fs *fs = wb->fs;
+	size_t plen = strlen(fs->conf.prefix);
+
+	if (!fs->cdn || s->is_marker || strncmp(s->key, fs->conf.prefix, plen) != 0)
+		return;
+	if (s->kind == WB_PUT && !s->existed)
+		return;
+	if (cdn_purge(fs->cdn, s->key + plen, 0) < 0)
+		log_error("cannot queue the CDN purge of '%s'", s->key);
+}
+
 /* After finish(): the staged data becomes the cached copy, the journal
- * entry goes.  Local file operations only. */
+ * entry goes, the CDN is told.  Local file operations only. */
 static void complete_files(struct wb *wb, struct wb_job *j, const struct snapshot *s)
 {
 	struct fs *fs = wb->fs;
 
+	purge(wb, s);
 	if (s->data && (s->compressed || !S_ISREG(s->a.mode) ||
 			dcache_adopt(fs->dc, s->key, s->etag, s->a.size, s->data) < 0))
 		unlink(s->data);
@@ -771,6 +840,7 @@ void wb_close_writer(struct wb *wb, struct wb_job *j)
 	}
 	/* S3 already has exactly this version (an fsync uploaded it) */
 	s.kind = j->kind;
+	s.existed = j->existed;
 	s.key = j->key;
 	s.data = j->data;
 	s.a = j->a;
@@ -794,6 +864,7 @@ static void job_run(void *arg)
 	pthread_mutex_lock(&fs->lock);
 	wb = fs->wb;
 	s.kind = j->kind;
+	s.existed = j->existed;
 	s.key = strdup(j->key);
 	s.data = j->data ? strdup(j->data) : NULL;
 	s.a = j->a;

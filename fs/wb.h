@@ -110,6 +110,12 @@ void wb_node_gone(struct wb_job *j);
 int wb_server_copy(struct wb *wb, const char *src, const char *dst, const struct fattr *a,
 		   char etag[S3_ETAG_MAX], uint64_t *rsize, int *compressed) WUR;
 
+/* Rewrite key's metadata in place with header name set to value by hand
+ * (user.cdnfs.cache_control ...; "" removes it), everything else as the
+ * rules give.  Unlocked. */
+int wb_set_header(struct wb *wb, const char *key, const struct fattr *a, const char *name,
+		  const char *value, char etag[S3_ETAG_MAX]) WUR;
+
 struct wb_stats {
 	uint64_t pending, running, bytes_pending, uploaded, failed, deleted;
 };
