@@ -1,0 +1,1297 @@
+"""bench.py - the cdnfs benchmark driver (run by bench/run, i.e. `make bench`).
+
+One run: start one throwaway Ceph RGW (tests/s3server.sh), then run every
+contender on the same workloads, one after another, and write
+bench/results.md.  Contenders: cdnfs, s3fs, rclone mount, `aws s3` (sync/cp),
+Django collectstatic through django-storages, and a plain local directory.
+
+Workloads (see bench/README.md for what each measures and why):
+  W0  the server's ceiling, bench/s3load (C, the project's own S3 client)
+  W1  collectstatic of a 2,000-file static tree, cold, until durable in S3
+  W2  collectstatic again with 20 source files changed
+  W3  cp -a of the tree; rsync -a; rsync -a again with nothing changed
+  W4  one 1 GiB file: write, cold read, warm read
+  W5  ls -lR and find over the tree: cold (empty cache; remount) and warm
+  W6  CDN calls for W2 (cdnfs with a fake CloudFront), when available
+
+Requests are counted on the server side: every step runs inside a window of
+the RGW log (debug_rgw=1 writes one "beast:" line per request), delimited by
+marker requests as tests/conftest.py does.
+
+Invariants: every mount this process starts is recorded (PID in WORK/pids)
+and unmounted on the way out, whatever happens (finally + signal handlers);
+the server is stopped the same way.  Processes are only ever signalled by
+PID.  Nothing outside WORK and bench/results.md is written.
+
+Knobs (environment): BENCH_QUICK=1 (small sizes, one rep), BENCH_CONTENDERS
+(comma list), BENCH_WORKLOADS (e.g. W0,W1,W4), BENCH_PROFILE=0 (no perf),
+BENCH_REPS (default 3).
+"""
+
+import collections
+import concurrent.futures
+import json
+import os
+import platform
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import boto3
+from botocore.config import Config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gentree  # noqa: E402
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+QUICK = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+REPS = 1 if QUICK else int(os.environ.get("BENCH_REPS", "3"))
+CHEAP = 20.0  # a step whose first run took less than this is repeated (median)
+MiB = 1 << 20
+
+if QUICK:
+    NFILES, TREE_BYTES, BIG = 200, 5_000_000, 64 * MiB
+    W0_N, W0_BIG, W0_BIG_N = 200, 16 * MiB, (2, 4)
+else:
+    NFILES, TREE_BYTES, BIG = 2000, 50_000_000, 1024 * MiB
+    W0_N, W0_BIG, W0_BIG_N = 2000, 64 * MiB, (4, 8)
+NCHANGED = 20 if not QUICK else 5
+
+ALL_CONTENDERS = ["cdnfs", "s3fs", "rclone", "awscli", "django-storages", "local"]
+ALL_WORKLOADS = ["W0", "W1", "W2", "W3", "W4", "W5", "W6"]
+AWS = "/usr/bin/aws"  # Debian's; a pyenv `aws` may come first on PATH
+PY = "/usr/bin/python3"
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ------------------------------------------------------------ commands --
+
+class Commands:
+    """Every command line the run used, once per (contender, step), with the
+    work directory, endpoint and bucket names replaced by placeholders."""
+
+    def __init__(self):
+        self.seen = collections.OrderedDict()
+        self.subst = []
+
+    def add_subst(self, real, name):
+        self.subst.append((str(real), name))
+        self.subst.sort(key=lambda p: -len(p[0]))
+
+    def record(self, who, argv, env_note=""):
+        s = " ".join(shlex.quote(str(a)) for a in argv)
+        for real, name in self.subst:
+            s = s.replace(real, name)
+        s = re.sub(r"\bb-[a-z0-9-]+-[0-9a-f]{6}\b", "$BUCKET", s)
+        s = re.sub(r"(127\.0\.0\.1:)\d+", r"\1$PORT", s)
+        key = (who, s)
+        if key not in self.seen:
+            self.seen[key] = env_note
+
+
+CMDS = Commands()
+
+
+def run(who, argv, env=None, check=True, quiet=True, cwd=None, timeout=1800):
+    CMDS.record(who, argv)
+    r = subprocess.run([str(a) for a in argv], env=env, cwd=cwd, timeout=timeout,
+                       stdout=subprocess.PIPE if quiet else None,
+                       stderr=subprocess.PIPE if quiet else None)
+    if check and r.returncode != 0:
+        out = (r.stdout or b"").decode(errors="replace")[-2000:]
+        err = (r.stderr or b"").decode(errors="replace")[-2000:]
+        raise RuntimeError(f"{who}: {' '.join(map(str, argv))} exited "
+                           f"{r.returncode}\n{out}\n{err}")
+    return r
+
+
+def drop_caches():
+    subprocess.run(["sync"], check=False)
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False
+
+
+# -------------------------------------------------------------- server --
+
+class Server:
+    def __init__(self, work):
+        self.dir = work / "s3"
+        self.env = None
+
+    def start(self):
+        # Bench-only server settings through CEPH_ARGS (tests/s3server.sh is
+        # left as it is): a 12 GiB memstore (the 1 GiB files of several
+        # contenders, the W0 objects and a dozen trees fit without waiting
+        # for garbage collection) and deleted objects' tails collected
+        # within seconds instead of hours.
+        env = dict(os.environ)
+        env["CEPH_ARGS"] = ("--memstore_device_bytes=12884901888 "
+                            "--rgw_gc_obj_min_wait=0 --rgw_gc_processor_period=10")
+        t0 = time.monotonic()
+        run("server", [REPO / "tests/s3server.sh", "start", self.dir], env=env)
+        CMDS.seen[("server", "CEPH_ARGS='--memstore_device_bytes=12884901888 "
+                   "--rgw_gc_obj_min_wait=0 --rgw_gc_processor_period=10' "
+                   "tests/s3server.sh start $W/s3")] = ""
+        self.start_seconds = time.monotonic() - t0
+        self.env = {}
+        for line in (self.dir / "env").read_text().splitlines():
+            k, _, v = line.partition("=")
+            self.env[k] = v
+        self.endpoint = self.env["S3_ENDPOINT"]
+        self.key = self.env["AWS_ACCESS_KEY_ID"]
+        self.secret = self.env["AWS_SECRET_ACCESS_KEY"]
+        self.rgw_log = Path(self.env["RGW_LOG"])
+        CMDS.add_subst(self.endpoint, "$S3_ENDPOINT")
+        self.s3 = boto3.session.Session().client(
+            "s3", endpoint_url=self.endpoint, region_name="us-east-1",
+            aws_access_key_id=self.key, aws_secret_access_key=self.secret,
+            config=Config(s3={"addressing_style": "path"}, signature_version="s3v4",
+                          max_pool_connections=16, retries={"max_attempts": 3}))
+
+    def stop(self):
+        if self.dir.exists():
+            subprocess.run([str(REPO / "tests/s3server.sh"), "stop", str(self.dir)],
+                           timeout=120, check=False)
+
+    def aws_env(self, extra=None):
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(AWS_ACCESS_KEY_ID=self.key, AWS_SECRET_ACCESS_KEY=self.secret,
+                   AWS_SHARED_CREDENTIALS_FILE="/dev/null", AWS_CONFIG_FILE="/dev/null",
+                   AWS_EC2_METADATA_DISABLED="true")
+        env.update(extra or {})
+        return env
+
+    def new_bucket(self, hint):
+        name = f"b-{hint}-{secrets.token_hex(3)}"
+        self.s3.create_bucket(Bucket=name)
+        return name
+
+    def count(self, bucket, prefix=""):
+        n = 0
+        for page in self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix):
+            n += page.get("KeyCount", 0)
+        return n
+
+    def delete_keys(self, bucket, prefix=""):
+        keys = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(
+                Bucket=bucket, Prefix=prefix):
+            keys += [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        batches = [keys[i:i + 500] for i in range(0, len(keys), 500)]
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            for f in [pool.submit(self.s3.delete_objects, Bucket=bucket,
+                                  Delete={"Objects": b, "Quiet": True}) for b in batches]:
+                f.result()
+
+
+# ------------------------------------------------- server-side counting --
+
+BEAST_RE = re.compile(
+    r' beast: \S+: (?P<client>\S+) - (?P<user>\S+) \[[^\]]*\] '
+    r'"(?P<method>[A-Z]+) (?P<uri>\S+) [^"]*" (?P<status>\d{3}) ')
+MARKER = "bench-log-marker-"
+LIST_PARAMS = {"list-type", "prefix", "delimiter", "marker", "continuation-token",
+               "start-after", "max-keys", "encoding-type", "fetch-owner"}
+
+
+def classify(method, bucket, key, query):
+    """The S3 operation of a request (same rules as tests/conftest.py)."""
+    if not bucket:
+        return "LIST_BUCKETS" if method == "GET" else method + "_SERVICE"
+    if not key:
+        if method == "GET" and set(query) <= LIST_PARAMS:
+            return "LIST"
+        if method == "GET" and "versions" in query:
+            return "LIST_VERSIONS"
+        if method == "POST" and "delete" in query:
+            return "DELETE_MULTI"
+        sub = sorted(set(query) - LIST_PARAMS)
+        return f"{method}_BUCKET" + (f"?{sub[0]}" if sub else "")
+    if method == "POST" and "uploads" in query:
+        return "MPU_CREATE"
+    if method == "POST" and "uploadId" in query:
+        return "MPU_COMPLETE"
+    if method == "PUT" and "uploadId" in query:
+        return "MPU_PART"
+    if method == "DELETE" and "uploadId" in query:
+        return "MPU_ABORT"
+    if method == "GET" and "uploadId" in query:
+        return "MPU_LIST_PARTS"
+    if method == "PUT" and "x-amz-copy-source" in query:
+        return "COPY"
+    return method
+
+
+class RgwLog:
+    def __init__(self, server):
+        self.server = server
+        self.path = server.rgw_log
+
+    def sync(self):
+        """Log offset just after a fresh marker request's line."""
+        token = MARKER + secrets.token_hex(8)
+        try:
+            urllib.request.urlopen(f"{self.server.endpoint}/{token}", timeout=10).read()
+        except urllib.error.HTTPError:
+            pass
+        deadline = time.monotonic() + 20
+        while True:
+            size = self.path.stat().st_size
+            with open(self.path, "rb") as f:
+                f.seek(max(0, size - (4 << 20)))
+                data = f.read()
+                base = max(0, size - (4 << 20))
+            i = data.rfind(token.encode())
+            if i >= 0:
+                nl = data.find(b"\n", i)
+                return base + (len(data) if nl < 0 else nl + 1)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"marker {token} never reached {self.path}")
+            time.sleep(0.01)
+
+    def read(self, start, end, buckets):
+        with open(self.path, "rb") as f:
+            f.seek(start)
+            data = f.read(end - start)
+        ops = collections.Counter()
+        errors = collections.Counter()
+        for line in data.decode("utf-8", errors="replace").splitlines():
+            m = BEAST_RE.search(line)
+            if not m:
+                continue
+            uri = m.group("uri")
+            raw_path, _, raw_query = uri.partition("?")
+            path = urllib.parse.unquote(raw_path)
+            query = dict(urllib.parse.parse_qsl(raw_query, keep_blank_values=True))
+            bucket, _, key = path.lstrip("/").partition("/")
+            if bucket.startswith(MARKER) or (buckets and bucket not in buckets):
+                continue
+            op = classify(m.group("method"), bucket, key, query)
+            ops[op] += 1
+            if int(m.group("status")) >= 400 and not (op == "HEAD" and m.group("status") == "404"):
+                errors[f"{op} {m.group('status')}"] += 1
+        return ops, errors
+
+
+class Window:
+    """with Window(rgw, bucket) as w: ...   then w.seconds, w.ops."""
+
+    def __init__(self, rgw, *buckets):
+        self.rgw = rgw
+        self.buckets = set(buckets)
+        self.ops = collections.Counter()
+        self.errors = collections.Counter()
+
+    def __enter__(self):
+        self.start = self.rgw.sync()
+        self.t0 = time.monotonic()
+        return self
+
+    def __exit__(self, *exc):
+        self.seconds = time.monotonic() - self.t0
+        if exc[0] is None:
+            self.ops, self.errors = self.rgw.read(self.start, self.rgw.sync(), self.buckets)
+        return False
+
+
+# --------------------------------------------------------------- mounts --
+
+def mountpoints():
+    out = set()
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+        for line in f:
+            out.add(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)),
+                           line.split()[4]))
+    return out
+
+
+LIVE = []  # mounts to unmount on the way out
+
+
+class Mount:
+    """A FUSE mount run in the foreground as our child (so its PID is ours)."""
+
+    kind = "?"
+
+    def __init__(self, bench, bucket, cache, tag):
+        self.b = bench
+        self.bucket = bucket
+        self.cache = Path(cache)
+        self.cache.mkdir(parents=True, exist_ok=True)
+        self.path = bench.work / "mnt" / f"{self.kind}-{tag}-{secrets.token_hex(2)}"
+        self.path.mkdir(parents=True)
+        self.logf = bench.work / "logs" / f"{self.path.name}.log"
+        self.proc = None
+        self.hwm_kib = 0
+
+    def argv(self):
+        raise NotImplementedError
+
+    def env(self):
+        return self.b.server.aws_env()
+
+    def start(self):
+        argv = self.argv()
+        CMDS.record(self.kind, argv)
+        with open(self.logf, "ab") as lf:
+            self.proc = subprocess.Popen([str(a) for a in argv], env=self.env(),
+                                         stdin=subprocess.DEVNULL, stdout=lf, stderr=lf)
+        with open(self.b.work / "pids", "a") as f:
+            f.write(f"{self.proc.pid}\n")
+        LIVE.append(self)
+        deadline = time.monotonic() + 30
+        while str(self.path) not in mountpoints():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"{self.kind} did not mount {self.path}:\n"
+                                   f"{self.logf.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.02)
+        return self
+
+    def barrier(self):
+        """Return when everything written is in S3."""
+
+    def rss(self):
+        """Peak RSS so far (VmHWM), KiB."""
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    self.hwm_kib = max(self.hwm_kib, int(line.split()[1]))
+        except (OSError, AttributeError):
+            pass
+        return self.hwm_kib
+
+    def stop(self, timeout=600):
+        if self.proc is None:
+            return
+        self.rss()
+        for _ in range(50):
+            if str(self.path) not in mountpoints():
+                break
+            r = subprocess.run(["fusermount3", "-u", str(self.path)],
+                               capture_output=True, check=False)
+            if r.returncode == 0:
+                break
+            time.sleep(0.2)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log(f"warning: {self.kind} (pid {self.proc.pid}) did not exit: killed")
+            self.kill()
+        self.proc = None
+        if self in LIVE:
+            LIVE.remove(self)
+
+    def kill(self):
+        if str(self.path) in mountpoints():
+            subprocess.run(["fusermount3", "-u", "-z", str(self.path)],
+                           capture_output=True, check=False)
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if self in LIVE:
+            LIVE.remove(self)
+
+
+class CdnfsMount(Mount):
+    kind = "cdnfs"
+    extra = ()
+
+    def argv(self):
+        opts = [f"endpoint={self.b.server.endpoint}", "path_style",
+                f"cache_dir={self.cache}", "log_level=warn"] + list(self.extra)
+        return [self.b.cdnfs, "-f", "-o", ",".join(opts), self.bucket, self.path]
+
+    def barrier(self):
+        run("cdnfs", ["setfattr", "-n", "user.cdnfs.flush", "-v", "1", self.path])
+
+
+class S3fsMount(Mount):
+    kind = "s3fs"
+    # Best settings found for each kind of workload (bench/README.md).
+    SMALL = ["multireq_max=32", "max_stat_cache_size=100000", "stat_cache_expire=900",
+             "enable_noobj_cache", "parallel_count=16"]
+    BIG = ["parallel_count=16", "multipart_size=32", "max_stat_cache_size=100000",
+           "enable_noobj_cache"]
+
+    def __init__(self, bench, bucket, cache, tag, big=False):
+        super().__init__(bench, bucket, cache, tag)
+        self.big = big
+
+    def argv(self):
+        opts = [f"url={self.b.server.endpoint}", "use_path_request_style",
+                f"passwd_file={self.b.s3fs_passwd}", f"use_cache={self.cache}",
+                "dbglevel=warn"] + (self.BIG if self.big else self.SMALL)
+        return ["s3fs", self.bucket, self.path, "-f", "-o", ",".join(opts)]
+
+    def barrier(self):
+        # s3fs uploads in flush()/release(): when close() has returned the
+        # object is in S3.  Nothing is left to wait for.
+        pass
+
+
+class RcloneMount(Mount):
+    kind = "rclone"
+
+    def __init__(self, bench, bucket, cache, tag, big=False):
+        super().__init__(bench, bucket, cache, tag)
+        self.rc_port = free_port()
+
+    def env(self):
+        env = self.b.server.aws_env()
+        env.update(RCLONE_CONFIG_BENCH_TYPE="s3", RCLONE_CONFIG_BENCH_PROVIDER="Ceph",
+                   RCLONE_CONFIG_BENCH_ENV_AUTH="true",
+                   RCLONE_CONFIG_BENCH_ENDPOINT=self.b.server.endpoint,
+                   RCLONE_CONFIG_BENCH_FORCE_PATH_STYLE="true",
+                   RCLONE_CONFIG="/dev/null")
+        return env
+
+    def argv(self):
+        return ["rclone", "mount", f"bench:{self.bucket}", self.path,
+                "--vfs-cache-mode", "writes", "--cache-dir", self.cache,
+                "--vfs-write-back", "1s", "--transfers", "16", "--checkers", "16",
+                "--s3-upload-concurrency", "8", "--s3-chunk-size", "16M",
+                "--s3-no-check-bucket", "--dir-cache-time", "5m",
+                "--rc", "--rc-addr", f"127.0.0.1:{self.rc_port}", "--rc-no-auth",
+                "--log-level", "ERROR"]
+
+    def barrier(self):
+        # The honest equivalent of a flush: the VFS cache's upload queue,
+        # polled through rclone's remote control until nothing is queued or
+        # in progress (an unmount does not wait for it).
+        url = f"http://127.0.0.1:{self.rc_port}/vfs/stats"
+        while True:
+            req = urllib.request.Request(url, data=b"{}", method="POST",
+                                         headers={"Content-Type": "application/json"})
+            st = json.loads(urllib.request.urlopen(req, timeout=10).read())
+            dc = st.get("diskCache", {})
+            if dc.get("uploadsInProgress", 0) == 0 and dc.get("uploadsQueued", 0) == 0:
+                return
+            time.sleep(0.05)
+
+
+class LocalDir:
+    """The limit: a plain directory on the machine's disk."""
+    kind = "local"
+
+    def __init__(self, bench, bucket, cache, tag):
+        self.path = bench.work / "local" / f"{tag}-{secrets.token_hex(2)}"
+        self.path.mkdir(parents=True)
+        self.bucket = None
+        self.hwm_kib = 0
+
+    def start(self):
+        return self
+
+    def barrier(self):
+        run("local", ["sync"])
+
+    def rss(self):
+        return 0
+
+    def stop(self):
+        pass
+
+
+def free_port():
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+# -------------------------------------------------------------- results --
+
+class Row:
+    def __init__(self, wl, contender, step, times, ops=None, errors=None, unit=None,
+                 amount=None, rss=0, note="", cdn=None, extra=None):
+        self.wl, self.contender, self.step = wl, contender, step
+        self.times = list(times)
+        self.seconds = statistics.median(self.times) if self.times else None
+        self.ops = ops or collections.Counter()
+        self.errors = errors or collections.Counter()
+        self.unit, self.amount = unit, amount
+        self.rss, self.note, self.cdn = rss, note, cdn
+        self.extra = extra or {}
+
+    @property
+    def rate(self):
+        if not self.seconds or self.amount is None:
+            return None
+        return self.amount / self.seconds
+
+    def rate_str(self):
+        r = self.rate
+        if r is None:
+            return ""
+        if self.unit == "MB":
+            return f"{r:.0f} MB/s"
+        return f"{r:,.0f} {self.unit}/s"
+
+    def ops_str(self):
+        if not self.ops:
+            return "0"
+        return ", ".join(f"{k} {v}" for k, v in sorted(self.ops.items(),
+                                                        key=lambda kv: (-kv[1], kv[0])))
+
+
+# ---------------------------------------------------------------- bench --
+
+class Bench:
+    def __init__(self, work, cdnfs, s3load):
+        self.work = Path(work)
+        self.cdnfs = cdnfs
+        self.s3load = s3load
+        self.rows = []
+        self.notes = collections.defaultdict(list)
+        self.profiles = []
+        self.contenders = [c for c in os.environ.get("BENCH_CONTENDERS",
+                                                     ",".join(ALL_CONTENDERS)).split(",") if c]
+        self.workloads = [w for w in os.environ.get("BENCH_WORKLOADS",
+                                                    ",".join(ALL_WORKLOADS)).split(",") if w]
+        for d in ("mnt", "logs", "caches", "local", "tmp"):
+            (self.work / d).mkdir(parents=True, exist_ok=True)
+        CMDS.add_subst(self.work, "$W")
+        CMDS.add_subst(REPO, "$REPO")
+        self.server = Server(self.work)
+        self.t_start = time.monotonic()
+
+    # ------------------------------------------------------------ utils --
+    def cache(self, tag):
+        p = self.work / "caches" / f"{tag}-{secrets.token_hex(2)}"
+        p.mkdir(parents=True)
+        return p
+
+    def mount(self, contender, bucket, tag, cache=None, big=False):
+        cache = cache or self.cache(f"{contender}-{tag}")
+        cls = {"cdnfs": CdnfsMount, "s3fs": S3fsMount, "rclone": RcloneMount,
+               "local": LocalDir}[contender]
+        if cls in (S3fsMount, RcloneMount):
+            return cls(self, bucket, cache, tag, big=big).start()
+        return cls(self, bucket, cache, tag).start()
+
+    def window(self, *buckets):
+        return Window(self.rgw, *[b for b in buckets if b])
+
+    def add(self, *a, **kw):
+        row = Row(*a, **kw)
+        self.rows.append(row)
+        extra = f" [{row.note}]" if row.note else ""
+        log(f"  {row.wl} {row.contender:16} {row.step:38} "
+            f"{row.seconds if row.seconds is not None else float('nan'):8.3f} s "
+            f"{row.rate_str():>14}  {row.ops_str()}"
+            + (f"  rss {row.rss // 1024} MiB" if row.rss else "") + extra)
+        if row.errors:
+            log(f"     errors: {dict(row.errors)}")
+        return row
+
+    def collectstatic(self, who, root=None, s3bucket=None):
+        env = dict(os.environ)
+        env.update(PYTHONPATH=str(BENCH / "djsite"), BENCH_STATIC_SRC=str(self.src),
+                   DJANGO_SETTINGS_MODULE="benchsettings")
+        if s3bucket:
+            env = self.server.aws_env(dict(
+                PYTHONPATH=str(BENCH / "djsite"), BENCH_STATIC_SRC=str(self.src),
+                DJANGO_SETTINGS_MODULE="benchsettings", BENCH_STORAGE="s3",
+                AWS_STORAGE_BUCKET_NAME=s3bucket, AWS_S3_ENDPOINT_URL=self.server.endpoint))
+        else:
+            env["BENCH_STATIC_ROOT"] = str(root)
+        run(who, [PY, "-m", "django", "collectstatic", "--noinput", "-v0"], env=env)
+
+    def restore_src(self):
+        """The W1 state of the source tree (W2 changes a few files)."""
+        for rel, (data, st) in self.pristine.items():
+            p = self.src / rel
+            p.write_bytes(data)
+            os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    def reps_of(self, first_seconds):
+        return REPS if first_seconds < CHEAP else 1
+
+    def aws(self, who, args, extra_env=None):
+        env = self.server.aws_env(dict(AWS_CONFIG_FILE=str(self.aws_config)))
+        env.update(extra_env or {})
+        return run(who, [AWS, "--endpoint-url", self.server.endpoint] + args, env=env)
+
+    def elapsed(self):
+        return time.monotonic() - self.t_start
+
+    # ------------------------------------------------------------ setup --
+    def setup(self):
+        log(f"work directory {self.work}")
+        self.server.start()
+        log(f"S3 server (Ceph RGW) up in {self.server.start_seconds:.1f} s at "
+            f"{self.server.endpoint}")
+        self.rgw = RgwLog(self.server)
+        self.src = self.work / "src"
+        gentree.generate(self.src, NFILES, TREE_BYTES)
+        self.nfiles, self.ndirs, self.nbytes = gentree.stats(self.src)
+        allfiles = sorted(str(p.relative_to(self.src)) for p in self.src.rglob("*")
+                          if p.is_file())
+        step = max(1, len(allfiles) // NCHANGED)
+        self.changed = allfiles[::step][:NCHANGED]
+        self.pristine = {rel: ((self.src / rel).read_bytes(), (self.src / rel).stat())
+                         for rel in self.changed}
+        self.gen = 0
+        log(f"source tree: {self.nfiles} files, {self.ndirs} directories, "
+            f"{self.nbytes / 1e6:.1f} MB")
+        self.big = self.work / "big.bin"
+        with open(self.big, "wb") as f:
+            left = BIG
+            while left:
+                n = min(left, 16 * MiB)
+                f.write(os.urandom(n))
+                left -= n
+        self.s3fs_passwd = self.work / "s3fs.passwd"
+        self.s3fs_passwd.write_text(f"{self.server.key}:{self.server.secret}\n")
+        self.s3fs_passwd.chmod(0o600)
+        self.aws_config = self.work / "aws.config"
+        self.aws_config.write_text(
+            "[default]\nregion = us-east-1\ns3 =\n  addressing_style = path\n"
+            "  max_concurrent_requests = 16\n  multipart_chunksize = 16MB\n"
+            "  multipart_threshold = 16MB\n")
+
+    # --------------------------------------------------------------- W0 --
+    def w0(self):
+        log("W0: the server's own ceiling (bench/s3load, C)")
+        bucket = self.server.new_bucket("w0")
+        env = self.server.aws_env()
+
+        def load(args):
+            argv = [self.s3load, "-e", self.server.endpoint, "-b", bucket] + args
+            r = run("s3load", argv, env=env)
+            return [json.loads(l) for l in r.stdout.decode().splitlines() if l.strip()]
+
+        for conc in (8, 32):
+            res = collections.defaultdict(list)
+            ops = collections.defaultdict(collections.Counter)
+            for rep in range(REPS):
+                for phase in ("put", "head", "get"):
+                    with self.window(bucket) as w:
+                        out = load(["-c", str(conc), "-p", phase, "-n", str(W0_N),
+                                    "-s", "1024", "-k", f"s{conc}-{rep}"])
+                    res[phase].append(out[0]["seconds"])
+                    ops[phase] = w.ops
+            for phase in ("put", "head", "get"):
+                self.add("W0", "s3load (C)", f"{W0_N} x 1 KiB {phase.upper()}, conc {conc}",
+                         res[phase], ops=ops[phase], unit="req", amount=W0_N)
+        for conc, n in zip((1, 4), W0_BIG_N):
+            for phase in ("put", "get"):
+                with self.window(bucket) as w:
+                    out = load(["-c", str(conc), "-p", phase, "-n", str(n),
+                                "-s", str(W0_BIG), "-k", f"b{conc}"])
+                self.add("W0", "s3load (C)",
+                         f"{n} x {W0_BIG // MiB} MiB {phase.upper()}, conc {conc}",
+                         [out[0]["seconds"]], ops=w.ops, unit="MB",
+                         amount=out[0]["bytes"] / 1e6)
+        for conc in (8, 32):
+            times = []
+            for rep in range(REPS):
+                with self.window(bucket) as w:
+                    out = load(["-c", str(conc), "-p", "tree", "-d", self.src,
+                                "-k", f"t{conc}-{rep}"])
+                times.append(out[0]["seconds"])
+            self.add("W0", "s3load (C)", f"PUT of the tree ({self.nfiles} files), conc {conc}",
+                     times, ops=w.ops, unit="files", amount=self.nfiles)
+        self.server.delete_keys(bucket, "b")  # the big objects
+
+    def w0_ceiling(self, phase):
+        rows = [r for r in self.rows if r.wl == "W0" and r.step.endswith(
+            tuple(f"{phase}, conc {c}" for c in (8, 32))) and "KiB" in r.step]
+        return min((r.seconds for r in rows), default=None)
+
+    def w0_big(self, phase):
+        rows = [r for r in self.rows if r.wl == "W0" and "MiB" in r.step and phase in r.step]
+        return max((r.rate for r in rows), default=None)
+
+    # ----------------------------------------------------------- W1, W2 --
+    def w1w2_fs(self, c):
+        log(f"W1/W2: collectstatic on {c}")
+        times, ops, errs, rss, m, bucket = [], collections.Counter(), None, 0, None, None
+        split = []
+        rep = 0
+        while rep < (1 if not times else self.reps_of(times[0])):
+            if m:
+                m.stop()
+                rss = max(rss, m.hwm_kib)
+            bucket = self.server.new_bucket(f"{c}-w1") if c != "local" else None
+            m = self.mount(c, bucket, "w1")
+            self.restore_src()
+            drop_caches()
+            with self.window(bucket) as w:
+                t0 = time.monotonic()
+                self.collectstatic(c, root=m.path / "static")
+                t1 = time.monotonic()
+                m.barrier()
+            times.append(w.seconds)
+            split.append((t1 - t0, w.seconds - (t1 - t0)))
+            ops, errs = w.ops, w.errors
+            if bucket:
+                got = self.server.count(bucket)
+                if got < self.nfiles:
+                    self.notes["W1"].append(f"{c}: only {got} objects in S3 after the "
+                                            "durable point")
+            rep += 1
+        rss = max(rss, m.rss())
+        med = sorted(split)[len(split) // 2]
+        self.add("W1", c, "collectstatic, cold, durable", times, ops=ops, errors=errs,
+                 unit="files", amount=self.nfiles, rss=rss,
+                 note=f"collectstatic {med[0]:.2f} s + "
+                      f"{'flush' if c == 'cdnfs' else 'barrier'} {med[1]:.2f} s",
+                 extra={"split": split, "bucket": bucket})
+        self.w1_state = (m, bucket)
+        if "W2" in self.workloads:
+            self.w2_fs(c, m, bucket)
+        m.stop()
+
+    def w2_fs(self, c, m, bucket):
+        times, allops = [], []
+        for rep in range(REPS if not QUICK else 1):
+            self.gen += 1
+            time.sleep(1.1)  # a later mtime than the collected copies, whatever the clock
+            gentree.change(self.src, self.changed, self.gen)
+            with self.window(bucket) as w:
+                self.collectstatic(c, root=m.path / "static")
+                m.barrier()
+            times.append(w.seconds)
+            allops.append(w.ops)
+            if w.seconds > CHEAP:
+                break
+        self.add("W2", c, f"collectstatic, {NCHANGED} changed, durable", times,
+                 ops=allops[len(allops) // 2] if len(allops) != 2 else allops[-1],
+                 unit="files", amount=self.nfiles, rss=m.rss(),
+                 extra={"all_ops": allops})
+
+    def w1w2_awscli(self):
+        c = "awscli"
+        log("W1/W2: collectstatic to a local directory, then aws s3 sync")
+        cache_control = "max-age=31536000, public, immutable"
+        times, split = [], []
+        rep = 0
+        while rep < (1 if not times else self.reps_of(times[0])):
+            bucket = self.server.new_bucket("aws-w1")
+            local = self.work / "tmp" / f"aws-collect-{rep}"
+            self.restore_src()
+            drop_caches()
+            with self.window(bucket) as w:
+                t0 = time.monotonic()
+                self.collectstatic(c, root=local)
+                t1 = time.monotonic()
+                self.aws(c, ["s3", "sync", "--no-progress", "--only-show-errors",
+                             "--cache-control", cache_control, local,
+                             f"s3://{bucket}/static"])
+            times.append(w.seconds)
+            split.append((t1 - t0, w.seconds - (t1 - t0)))
+            rep += 1
+        med = sorted(split)[len(split) // 2]
+        self.add("W1", c, "collectstatic + aws s3 sync", times, ops=w.ops, errors=w.errors,
+                 unit="files", amount=self.nfiles,
+                 note=f"collectstatic {med[0]:.2f} s + sync {med[1]:.2f} s")
+        if "W2" not in self.workloads:
+            return
+        times, allops = [], []
+        for rep in range(REPS if not QUICK else 1):
+            self.gen += 1
+            time.sleep(1.1)
+            gentree.change(self.src, self.changed, self.gen)
+            with self.window(bucket) as w:
+                self.collectstatic(c, root=local)
+                self.aws(c, ["s3", "sync", "--no-progress", "--only-show-errors",
+                             "--cache-control", cache_control, local,
+                             f"s3://{bucket}/static"])
+            times.append(w.seconds)
+            allops.append(w.ops)
+        self.add("W2", c, f"collectstatic + aws s3 sync, {NCHANGED} changed", times,
+                 ops=allops[len(allops) // 2], unit="files", amount=self.nfiles)
+
+    def w1w2_storages(self):
+        c = "django-storages"
+        log("W1/W2: collectstatic straight to S3 (django-storages)")
+        times = []
+        rep = 0
+        while rep < (1 if not times else self.reps_of(times[0])):
+            bucket = self.server.new_bucket("djs-w1")
+            self.restore_src()
+            drop_caches()
+            with self.window(bucket) as w:
+                self.collectstatic(c, s3bucket=bucket)
+            times.append(w.seconds)
+            rep += 1
+        self.add("W1", c, "collectstatic (S3Boto3Storage)", times, ops=w.ops,
+                 errors=w.errors, unit="files", amount=self.nfiles)
+        if "W2" not in self.workloads:
+            return
+        times, allops = [], []
+        for rep in range(REPS if not QUICK else 1):
+            self.gen += 1
+            time.sleep(1.1)
+            gentree.change(self.src, self.changed, self.gen)
+            with self.window(bucket) as w:
+                self.collectstatic(c, s3bucket=bucket)
+            times.append(w.seconds)
+            allops.append(w.ops)
+            if w.seconds > CHEAP:
+                break
+        self.add("W2", c, f"collectstatic, {NCHANGED} changed", times,
+                 ops=allops[len(allops) // 2] if len(allops) != 2 else allops[-1],
+                 unit="files", amount=self.nfiles)
+
+    # --------------------------------------------------------------- W3 --
+    def w3_fs(self, c):
+        log(f"W3: cp -a / rsync -a on {c}")
+        self.restore_src()
+        times, rss = [], 0
+        rep = 0
+        while rep < (1 if not times else self.reps_of(times[0])):
+            bucket = self.server.new_bucket(f"{c}-w3cp") if c != "local" else None
+            m = self.mount(c, bucket, "w3cp")
+            with self.window(bucket) as w:
+                run(c, ["cp", "-a", f"{self.src}/.", m.path])
+                m.barrier()
+            times.append(w.seconds)
+            rss = max(rss, m.rss())
+            m.stop()
+            if rep == 0:
+                self.w5_tree = (bucket, m)
+            rep += 1
+        self.add("W3", c, "cp -a, durable", times, ops=w.ops, errors=w.errors,
+                 unit="files", amount=self.nfiles, rss=rss)
+        times, t_same, t_re, rss = [], [], [], 0
+        ops_same = ops_re = None
+        rep = 0
+        while rep < (1 if not times else self.reps_of(times[0])):
+            bucket = self.server.new_bucket(f"{c}-w3rs") if c != "local" else None
+            m = self.mount(c, bucket, "w3rs")
+            with self.window(bucket) as w:
+                run(c, ["rsync", "-a", f"{self.src}/", f"{m.path}/"])
+                m.barrier()
+            times.append(w.seconds)
+            ops_new, errs = w.ops, w.errors
+            with self.window(bucket) as w:
+                run(c, ["rsync", "-a", f"{self.src}/", f"{m.path}/"])
+                m.barrier()
+            t_same.append(w.seconds)
+            ops_same = w.ops
+            rss = max(rss, m.rss())
+            m.stop()
+            if c != "local":
+                m2 = self.mount(c, bucket, "w3rs2", cache=m.cache)
+            else:
+                m2 = m
+                drop_caches()
+            with self.window(bucket) as w:
+                run(c, ["rsync", "-a", f"{self.src}/", f"{m2.path}/"])
+                m2.barrier()
+            t_re.append(w.seconds)
+            ops_re = w.ops
+            rss = max(rss, m2.rss())
+            m2.stop()
+            rep += 1
+        self.add("W3", c, "rsync -a, durable", times, ops=ops_new, errors=errs,
+                 unit="files", amount=self.nfiles, rss=rss)
+        self.add("W3", c, "rsync -a unchanged, same mount", t_same, ops=ops_same,
+                 unit="files", amount=self.nfiles)
+        self.add("W3", c, "rsync -a unchanged, remount" if c != "local"
+                 else "rsync -a unchanged, caches dropped", t_re, ops=ops_re,
+                 unit="files", amount=self.nfiles)
+
+    def w3_awscli(self):
+        c = "awscli"
+        log("W3: aws s3 cp --recursive / aws s3 sync")
+        steps = [("aws s3 cp --recursive", ["s3", "cp", "--recursive"]),
+                 ("aws s3 sync", ["s3", "sync"])]
+        for label, args in steps:
+            times = []
+            rep = 0
+            while rep < (1 if not times else self.reps_of(times[0])):
+                bucket = self.server.new_bucket("aws-w3")
+                with self.window(bucket) as w:
+                    self.aws(c, args + ["--no-progress", "--only-show-errors", self.src,
+                                        f"s3://{bucket}/"])
+                times.append(w.seconds)
+                rep += 1
+                if label.endswith("--recursive") and rep == 1:
+                    self.w5_aws_bucket = bucket
+            self.add("W3", c, label, times, ops=w.ops, errors=w.errors,
+                     unit="files", amount=self.nfiles)
+        times = []
+        for rep in range(REPS):
+            with self.window(bucket) as w:
+                self.aws(c, ["s3", "sync", "--no-progress", "--only-show-errors", self.src,
+                             f"s3://{bucket}/"])
+            times.append(w.seconds)
+        self.add("W3", c, "aws s3 sync unchanged", times, ops=w.ops,
+                 unit="files", amount=self.nfiles)
+
+    # --------------------------------------------------------------- W4 --
+    def dd(self, who, src, dst):
+        run(who, ["dd", f"if={src}", f"of={dst}", "bs=1M", "status=none"])
+
+    def w4_fs(self, c):
+        log(f"W4: one {BIG // MiB} MiB file on {c}")
+        mb = BIG / 1e6
+        bucket = self.server.new_bucket(f"{c}-w4") if c != "local" else None
+        m = self.mount(c, bucket, "w4", big=True)
+        drop_caches()
+        prof = self.profile_start(c, "W4 write")
+        with self.window(bucket) as w:
+            t0 = time.monotonic()
+            self.dd(c, self.big, m.path / "big")
+            t1 = time.monotonic()
+            m.barrier()
+        self.profile_stop(prof)
+        rss = m.rss()
+        self.add("W4", c, f"write {BIG // MiB} MiB, durable", [w.seconds], ops=w.ops,
+                 errors=w.errors, unit="MB", amount=mb, rss=rss,
+                 note=f"write {t1 - t0:.2f} s + "
+                      f"{'flush' if c == 'cdnfs' else 'barrier'} {w.seconds - (t1 - t0):.2f} s")
+        cache = m.cache
+        m.stop()
+        if c == "local":
+            drop_caches()
+            with self.window() as w:
+                self.dd(c, m.path / "big", "/dev/null")
+            self.add("W4", c, "cold read (caches dropped)", [w.seconds], unit="MB", amount=mb)
+        else:
+            for label, mcache in (("cold read, empty cache", None),
+                                  ("cold read, remount same cache", cache)):
+                if c == "rclone" and mcache is not None:
+                    continue  # --vfs-cache-mode writes never caches reads
+                drop_caches()
+                m = self.mount(c, bucket, "w4r", cache=mcache, big=True)
+                prof = self.profile_start(c, f"W4 {label}") if mcache is None else None
+                with self.window(bucket) as w:
+                    self.dd(c, m.path / "big", "/dev/null")
+                self.profile_stop(prof)
+                rss = max(rss, m.rss())
+                self.add("W4", c, label, [w.seconds], ops=w.ops, errors=w.errors,
+                         unit="MB", amount=mb, rss=m.rss())
+                if mcache is None:
+                    break_m = m
+                    break
+                m.stop()
+            m = break_m
+        times = []
+        for _ in range(REPS):
+            with self.window(bucket) as w:
+                self.dd(c, m.path / "big", "/dev/null")
+            times.append(w.seconds)
+        self.add("W4", c, "warm read", times, ops=w.ops, unit="MB", amount=mb,
+                 rss=m.rss())
+        if c == "cdnfs":
+            r = subprocess.run(["cmp", str(self.big), str(m.path / "big")],
+                               capture_output=True, check=False)
+            if r.returncode != 0:
+                self.notes["W4"].append(f"cdnfs: the file read back differs: "
+                                        f"{r.stdout.decode()}{r.stderr.decode()}")
+        if c != "local":
+            # the remount-same-cache read, after the warm ones
+            m.stop()
+            if c != "rclone":
+                drop_caches()
+                m = self.mount(c, bucket, "w4r2", cache=cache, big=True)
+                with self.window(bucket) as w:
+                    self.dd(c, m.path / "big", "/dev/null")
+                self.add("W4", c, "cold read, remount with write cache", [w.seconds],
+                         ops=w.ops, unit="MB", amount=mb, rss=m.rss())
+                m.stop()
+            self.server.delete_keys(bucket)
+        else:
+            (m.path / "big").unlink()
+
+    def w4_awscli(self):
+        c = "awscli"
+        log(f"W4: aws s3 cp of one {BIG // MiB} MiB file")
+        mb = BIG / 1e6
+        bucket = self.server.new_bucket("aws-w4")
+        drop_caches()
+        with self.window(bucket) as w:
+            self.aws(c, ["s3", "cp", "--no-progress", "--only-show-errors", self.big,
+                         f"s3://{bucket}/big"])
+        self.add("W4", c, f"aws s3 cp up {BIG // MiB} MiB", [w.seconds], ops=w.ops,
+                 errors=w.errors, unit="MB", amount=mb)
+        dst = self.work / "tmp" / "aws-big"
+        drop_caches()
+        with self.window(bucket) as w:
+            self.aws(c, ["s3", "cp", "--no-progress", "--only-show-errors",
+                         f"s3://{bucket}/big", dst])
+        self.add("W4", c, "aws s3 cp down (cold read)", [w.seconds], ops=w.ops,
+                 errors=w.errors, unit="MB", amount=mb)
+        dst.unlink()
+        self.server.delete_keys(bucket)
+
+    # --------------------------------------------------------------- W5 --
+    def w5_fs(self, c):
+        bucket, wm = self.w5_tree
+        log(f"W5: ls -lR and find on {c}")
+        target = lambda m: m.path  # noqa: E731
+        n = self.nfiles + self.ndirs
+        for cmd, label in ((["ls", "-lR"], "ls -lR"), (["find"], "find")):
+            def one(m):
+                with self.window(bucket) as w:
+                    run(c, cmd + [target(m)], quiet=True)
+                return w
+            if c == "local":
+                times = []
+                for _ in range(REPS):
+                    drop_caches()
+                    w = one(wm)
+                    times.append(w.seconds)
+                self.add("W5", c, f"{label} cold (caches dropped)", times, unit="entries",
+                         amount=n)
+                times = [one(wm).seconds for _ in range(REPS)]
+                self.add("W5", c, f"{label} warm", times, unit="entries", amount=n)
+                continue
+            times, ops, rss, cache = [], None, 0, None
+            rep = 0
+            while rep < (1 if not times else self.reps_of(times[0])):
+                drop_caches()
+                m = self.mount(c, bucket, "w5")
+                w = one(m)
+                times.append(w.seconds)
+                ops = w.ops
+                rss = max(rss, m.rss())
+                if rep == 0:
+                    warm = [one(m) for _ in range(REPS)]
+                    cache = m.cache
+                m.stop()
+                rep += 1
+            self.add("W5", c, f"{label} cold, empty cache", times, ops=ops, unit="entries",
+                     amount=n, rss=rss)
+            times = []
+            for rep in range(len([1 for _ in range(REPS)])):
+                drop_caches()
+                m = self.mount(c, bucket, "w5b", cache=cache)
+                w = one(m)
+                times.append(w.seconds)
+                m.stop()
+                if w.seconds > CHEAP:
+                    break
+            self.add("W5", c, f"{label} cold, remount same cache", times, ops=w.ops,
+                     unit="entries", amount=n)
+            self.add("W5", c, f"{label} warm", [x.seconds for x in warm], ops=warm[-1].ops,
+                     unit="entries", amount=n)
+
+    def w5_awscli(self):
+        c = "awscli"
+        bucket = getattr(self, "w5_aws_bucket", None)
+        if not bucket:
+            return
+        log("W5: aws s3 ls --recursive")
+        times = []
+        for _ in range(REPS):
+            with self.window(bucket) as w:
+                self.aws(c, ["s3", "ls", "--recursive", f"s3://{bucket}/"])
+            times.append(w.seconds)
+        self.add("W5", c, "aws s3 ls --recursive", times, ops=w.ops, unit="entries",
+                 amount=self.nfiles)
+
+    # --------------------------------------------------------------- W6 --
+    def w6_available(self):
+        if not (REPO / "tests/fakecdn.py").exists():
+            return "tests/fakecdn.py does not exist yet"
+        r = subprocess.run([str(self.cdnfs), "--help"], capture_output=True, check=False)
+        text = (r.stdout + r.stderr).decode(errors="replace")
+        if "cdn_distribution_id" not in text or "cdn=" not in text and "-o cdn" not in text:
+            return "cdnfs has no cdn=cloudfront,cdn_distribution_id=... options yet"
+        return None
+
+    def w6(self):
+        why = self.w6_available()
+        if why:
+            log(f"W6: not available ({why})")
+            self.w6_result = ("not available", why)
+            return
+        log("W6: CDN calls for W2 (cdnfs with a fake CloudFront)")
+        state = self.work / "fakecdn"
+        state.mkdir()
+        fake = subprocess.Popen([PY, str(REPO / "tests/fakecdn.py"), "--port", "0",
+                                 "--state", str(state), "--complete-after", "1"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        with open(self.work / "pids", "a") as f:
+            f.write(f"{fake.pid}\n")
+        try:
+            port = int(fake.stdout.readline())
+            base = f"http://127.0.0.1:{port}"
+
+            def ctl(path, body=None):
+                req = urllib.request.Request(base + path, method="POST" if body is not None
+                                             else "GET", data=json.dumps(body).encode()
+                                             if body is not None else None)
+                return json.loads(urllib.request.urlopen(req, timeout=10).read())
+
+            ctl("/_fake/config", {"access_key": self.server.key,
+                                  "secret_key": self.server.secret})
+            dist = "EDFDVBD6EXAMPLE"
+            bucket = self.server.new_bucket("cdnfs-w6")
+            CdnfsMount.extra = ("cdn=cloudfront", f"cdn_endpoint={base}",
+                                f"cdn_distribution_id={dist}")
+            try:
+                m = self.mount("cdnfs", bucket, "w6")
+            finally:
+                CdnfsMount.extra = ()
+            self.restore_src()
+            self.collectstatic("cdnfs", root=m.path / "static")
+            m.barrier()
+            time.sleep(3)
+            ctl("/_fake/reset", {})
+            self.gen += 1
+            time.sleep(1.1)
+            gentree.change(self.src, self.changed, self.gen)
+            with self.window(bucket) as w:
+                self.collectstatic("cdnfs", root=m.path / "static")
+                m.barrier()
+            t_durable = w.seconds
+            # the CDN queue sends after invalidate_delay of quiet (max_delay
+            # at most): wait until no call came for 5 s, at most 45 s
+            t0 = time.monotonic()
+            last, n = time.monotonic(), 0
+            while time.monotonic() - t0 < 45:
+                calls = ctl("/_fake/calls")
+                if len(calls) != n:
+                    n, last = len(calls), time.monotonic()
+                elif n and time.monotonic() - last > 5:
+                    break
+                time.sleep(0.25)
+            calls = ctl("/_fake/calls")
+            creates = [c for c in calls if c.get("op") == "create"]
+            first = min((c["t"] for c in calls), default=None)
+            m.stop()
+            self.w6_result = ("ok", dict(calls=calls, creates=creates,
+                                         seconds=t_durable, ops=w.ops,
+                                         paths=[p for c in creates for p in c.get("paths", [])],
+                                         first_call_after=(first - (time.time() - (time.monotonic() - t0)))
+                                         if first else None))
+            self.add("W6", "cdnfs", f"CDN calls for W2 ({NCHANGED} changed)", [t_durable],
+                     ops=w.ops, cdn=len(calls),
+                     note=f"{len(creates)} CreateInvalidation, "
+                          f"{len(calls) - len(creates)} other; paths: "
+                          + ", ".join(p for c in creates for p in c.get("paths", []))[:300])
+        finally:
+            fake.terminate()
+            fake.wait(timeout=10)
+
+    # ---------------------------------------------------------- profile --
+    def profile_start(self, c, what):
+        if c != "cdnfs" or os.environ.get("BENCH_PROFILE", "1") == "0" \
+                or not shutil.which("perf"):
+            return None
+        out = self.work / "logs" / f"perf-{len(self.profiles)}.data"
+        p = subprocess.Popen(["perf", "record", "-a", "-g", "-F", "199", "-o", str(out)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)
+        return (p, out, what)
+
+    def profile_stop(self, prof):
+        if not prof:
+            return
+        p, out, what = prof
+        p.send_signal(signal.SIGINT)
+        p.wait(timeout=60)
+        self.profiles.append((what, out))
+
+    def profile_report(self, out):
+        """CPU by process name, then cdnfs's own top symbols."""
+        def rep(args):
+            r = subprocess.run(["perf", "report", "-i", str(out), "--stdio", "--no-children",
+                                "-g", "none", "--percent-limit", "1.5"] + args,
+                               capture_output=True, check=False, timeout=300)
+            lines = [l for l in r.stdout.decode(errors="replace").splitlines()
+                     if l.strip() and not l.startswith("#")]
+            return lines
+        return rep(["--sort", "comm"])[:12], rep(["--comms", ",".join(
+            ["cdnfs", "cdnfs-io", "cdnfs-wb", "cdnfs-up", "fuse"]),
+            "--sort", "dso,sym"])[:15]
+
+    # -------------------------------------------------------------- run --
+    def run_all(self):
+        self.setup()
+        if "W0" in self.workloads:
+            self.w0()
+        for c in self.contenders:
+            log(f"=== {c} ({self.elapsed():.0f} s into the run)")
+            if c in ("cdnfs", "s3fs", "rclone", "local"):
+                if "W1" in self.workloads:
+                    self.w1w2_fs(c)
+                if "W3" in self.workloads or "W5" in self.workloads:
+                    self.w3_fs(c)
+                if "W5" in self.workloads:
+                    self.w5_fs(c)
+                if "W4" in self.workloads:
+                    self.w4_fs(c)
+            elif c == "awscli":
+                if "W1" in self.workloads:
+                    self.w1w2_awscli()
+                if "W3" in self.workloads or "W5" in self.workloads:
+                    self.w3_awscli()
+                if "W5" in self.workloads:
+                    self.w5_awscli()
+                if "W4" in self.workloads:
+                    self.w4_awscli()
+            elif c == "django-storages" and "W1" in self.workloads:
+                self.w1w2_storages()
+        if "W6" in self.workloads and "cdnfs" in self.contenders:
+            self.w6()
+        else:
+            self.w6_result = ("not run", "W6 or cdnfs not selected")
+
+
+def cleanup_all(bench):
+    for m in list(LIVE):
+        try:
+            m.kill()
+        except Exception as e:  # keep going: the server must stop too
+            log(f"warning: cleanup of {m.path}: {e}")
+    if bench is not None:
+        bench.server.stop()
+
+
+def main():
+    import report
+    work = Path(sys.argv[1])
+    cdnfs = os.environ["CDNFS_BIN"]
+    s3load = os.environ["S3LOAD_BIN"]
+    bench = None
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(s, on_signal)
+    try:
+        bench = Bench(work, cdnfs, s3load)
+        bench.run_all()
+        log(f"all workloads done in {bench.elapsed():.0f} s; writing the report")
+        text = report.render(bench)
+        # the profiles are read while the report is written; only then stop
+        out = BENCH / ("results-quick.md" if QUICK else "results.md")
+        out.write_text(text)
+        print(report.console(bench), flush=True)
+        log(f"wrote {out} ({bench.elapsed():.0f} s)")
+        return 0
+    finally:
+        cleanup_all(bench)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
