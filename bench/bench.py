@@ -524,8 +524,9 @@ def free_port():
 
 class Row:
     def __init__(self, wl, contender, step, times, ops=None, errors=None, unit=None,
-                 amount=None, rss=0, note="", cdn=None, extra=None):
+                 amount=None, rss=0, note="", cdn=None, extra=None, key=None):
         self.wl, self.contender, self.step = wl, contender, step
+        self.key = key or step
         self.times = list(times)
         self.seconds = statistics.median(self.times) if self.times else None
         self.ops = ops or collections.Counter()
@@ -760,6 +761,18 @@ class Bench:
                       f"{'flush' if c == 'cdnfs' else 'barrier'} {med[1]:.2f} s",
                  extra={"split": split, "bucket": bucket})
         self.w1_state = (m, bucket)
+        if c == "cdnfs" and os.environ.get("BENCH_PROFILE", "1") != "0" \
+                and shutil.which("perf"):
+            # an extra, untimed run under perf, for "where the time goes"
+            pb = self.server.new_bucket("cdnfs-w1prof")
+            pm = self.mount(c, pb, "w1prof")
+            self.restore_src()
+            drop_caches()
+            prof = self.profile_start(c, "W1 collectstatic + flush (extra run)", pm)
+            self.collectstatic(c, root=pm.path / "static")
+            pm.barrier()
+            self.profile_stop(prof)
+            pm.stop()
         if "W2" in self.workloads:
             self.w2_fs(c, m, bucket)
         m.stop()
@@ -805,6 +818,7 @@ class Bench:
             rep += 1
         med = sorted(split)[len(split) // 2]
         self.add("W1", c, "collectstatic + aws s3 sync", times, ops=w.ops, errors=w.errors,
+                 key="collectstatic, cold, durable",
                  unit="files", amount=self.nfiles,
                  note=f"collectstatic {med[0]:.2f} s + sync {med[1]:.2f} s")
         if "W2" not in self.workloads:
@@ -822,6 +836,7 @@ class Bench:
             times.append(w.seconds)
             allops.append(w.ops)
         self.add("W2", c, f"collectstatic + aws s3 sync, {NCHANGED} changed", times,
+                 key=f"collectstatic, {NCHANGED} changed, durable",
                  ops=allops[len(allops) // 2], unit="files", amount=self.nfiles)
 
     def w1w2_storages(self):
@@ -838,6 +853,7 @@ class Bench:
             times.append(w.seconds)
             rep += 1
         self.add("W1", c, "collectstatic (S3Boto3Storage)", times, ops=w.ops,
+                 key="collectstatic, cold, durable",
                  errors=w.errors, unit="files", amount=self.nfiles)
         if "W2" not in self.workloads:
             return
@@ -853,6 +869,7 @@ class Bench:
             if w.seconds > CHEAP:
                 break
         self.add("W2", c, f"collectstatic, {NCHANGED} changed", times,
+                 key=f"collectstatic, {NCHANGED} changed, durable",
                  ops=allops[len(allops) // 2] if len(allops) != 2 else allops[-1],
                  unit="files", amount=self.nfiles)
 
@@ -913,6 +930,7 @@ class Bench:
                  unit="files", amount=self.nfiles)
         self.add("W3", c, "rsync -a unchanged, remount" if c != "local"
                  else "rsync -a unchanged, caches dropped", t_re, ops=ops_re,
+                 key="rsync -a unchanged, remount",
                  unit="files", amount=self.nfiles)
 
     def w3_awscli(self):
@@ -933,6 +951,7 @@ class Bench:
                 if label.endswith("--recursive") and rep == 1:
                     self.w5_aws_bucket = bucket
             self.add("W3", c, label, times, ops=w.ops, errors=w.errors,
+                     key="cp -a, durable" if "cp" in label else "rsync -a, durable",
                      unit="files", amount=self.nfiles)
         times = []
         for rep in range(REPS):
@@ -941,6 +960,7 @@ class Bench:
                              f"s3://{bucket}/"])
             times.append(w.seconds)
         self.add("W3", c, "aws s3 sync unchanged", times, ops=w.ops,
+                 key="rsync -a unchanged, remount",
                  unit="files", amount=self.nfiles)
 
     # --------------------------------------------------------------- W4 --
@@ -953,7 +973,7 @@ class Bench:
         bucket = self.server.new_bucket(f"{c}-w4") if c != "local" else None
         m = self.mount(c, bucket, "w4", big=True)
         drop_caches()
-        prof = self.profile_start(c, "W4 write")
+        prof = self.profile_start(c, "W4 write", m)
         with self.window(bucket) as w:
             t0 = time.monotonic()
             self.dd(c, self.big, m.path / "big")
@@ -968,29 +988,30 @@ class Bench:
         cache = m.cache
         m.stop()
         if c == "local":
-            drop_caches()
-            with self.window() as w:
-                self.dd(c, m.path / "big", "/dev/null")
-            self.add("W4", c, "cold read (caches dropped)", [w.seconds], unit="MB", amount=mb)
-        else:
-            for label, mcache in (("cold read, empty cache", None),
-                                  ("cold read, remount same cache", cache)):
-                if c == "rclone" and mcache is not None:
-                    continue  # --vfs-cache-mode writes never caches reads
+            times = []
+            for _ in range(REPS):
                 drop_caches()
-                m = self.mount(c, bucket, "w4r", cache=mcache, big=True)
-                prof = self.profile_start(c, f"W4 {label}") if mcache is None else None
-                with self.window(bucket) as w:
+                with self.window() as w:
                     self.dd(c, m.path / "big", "/dev/null")
-                self.profile_stop(prof)
-                rss = max(rss, m.rss())
-                self.add("W4", c, label, [w.seconds], ops=w.ops, errors=w.errors,
-                         unit="MB", amount=mb, rss=m.rss())
-                if mcache is None:
-                    break_m = m
-                    break
-                m.stop()
-            m = break_m
+                times.append(w.seconds)
+            self.add("W4", c, "cold read (caches dropped)", times, unit="MB", amount=mb,
+                     key="cold read, empty cache")
+            times = []
+            for _ in range(REPS):
+                with self.window() as w:
+                    self.dd(c, m.path / "big", "/dev/null")
+                times.append(w.seconds)
+            self.add("W4", c, "warm read", times, unit="MB", amount=mb)
+            (m.path / "big").unlink()
+            return
+        drop_caches()
+        m = self.mount(c, bucket, "w4r", big=True)
+        prof = self.profile_start(c, "W4 cold read", m)
+        with self.window(bucket) as w:
+            self.dd(c, m.path / "big", "/dev/null")
+        self.profile_stop(prof)
+        self.add("W4", c, "cold read, empty cache", [w.seconds], ops=w.ops, errors=w.errors,
+                 unit="MB", amount=mb, rss=m.rss())
         times = []
         for _ in range(REPS):
             with self.window(bucket) as w:
@@ -1004,20 +1025,16 @@ class Bench:
             if r.returncode != 0:
                 self.notes["W4"].append(f"cdnfs: the file read back differs: "
                                         f"{r.stdout.decode()}{r.stderr.decode()}")
-        if c != "local":
-            # the remount-same-cache read, after the warm ones
+        m.stop()
+        if c != "rclone":  # rclone's --vfs-cache-mode writes keeps no read cache
+            drop_caches()
+            m = self.mount(c, bucket, "w4r2", cache=cache, big=True)
+            with self.window(bucket) as w:
+                self.dd(c, m.path / "big", "/dev/null")
+            self.add("W4", c, "cold read, remount with the write's cache", [w.seconds],
+                     ops=w.ops, unit="MB", amount=mb, rss=m.rss())
             m.stop()
-            if c != "rclone":
-                drop_caches()
-                m = self.mount(c, bucket, "w4r2", cache=cache, big=True)
-                with self.window(bucket) as w:
-                    self.dd(c, m.path / "big", "/dev/null")
-                self.add("W4", c, "cold read, remount with write cache", [w.seconds],
-                         ops=w.ops, unit="MB", amount=mb, rss=m.rss())
-                m.stop()
-            self.server.delete_keys(bucket)
-        else:
-            (m.path / "big").unlink()
+        self.server.delete_keys(bucket)
 
     def w4_awscli(self):
         c = "awscli"
@@ -1029,6 +1046,7 @@ class Bench:
             self.aws(c, ["s3", "cp", "--no-progress", "--only-show-errors", self.big,
                          f"s3://{bucket}/big"])
         self.add("W4", c, f"aws s3 cp up {BIG // MiB} MiB", [w.seconds], ops=w.ops,
+                 key=f"write {BIG // MiB} MiB, durable",
                  errors=w.errors, unit="MB", amount=mb)
         dst = self.work / "tmp" / "aws-big"
         drop_caches()
@@ -1036,6 +1054,7 @@ class Bench:
             self.aws(c, ["s3", "cp", "--no-progress", "--only-show-errors",
                          f"s3://{bucket}/big", dst])
         self.add("W4", c, "aws s3 cp down (cold read)", [w.seconds], ops=w.ops,
+                 key="cold read, empty cache",
                  errors=w.errors, unit="MB", amount=mb)
         dst.unlink()
         self.server.delete_keys(bucket)
@@ -1058,6 +1077,7 @@ class Bench:
                     w = one(wm)
                     times.append(w.seconds)
                 self.add("W5", c, f"{label} cold (caches dropped)", times, unit="entries",
+                         key=f"{label} cold, empty cache",
                          amount=n)
                 times = [one(wm).seconds for _ in range(REPS)]
                 self.add("W5", c, f"{label} warm", times, unit="entries", amount=n)
@@ -1104,6 +1124,7 @@ class Bench:
                 self.aws(c, ["s3", "ls", "--recursive", f"s3://{bucket}/"])
             times.append(w.seconds)
         self.add("W5", c, "aws s3 ls --recursive", times, ops=w.ops, unit="entries",
+                 key="ls -lR cold, empty cache",
                  amount=self.nfiles)
 
     # --------------------------------------------------------------- W6 --
@@ -1192,7 +1213,7 @@ class Bench:
             fake.wait(timeout=10)
 
     # ---------------------------------------------------------- profile --
-    def profile_start(self, c, what):
+    def profile_start(self, c, what, m):
         if c != "cdnfs" or os.environ.get("BENCH_PROFILE", "1") == "0" \
                 or not shutil.which("perf"):
             return None
@@ -1200,17 +1221,17 @@ class Bench:
         p = subprocess.Popen(["perf", "record", "-a", "-g", "-F", "199", "-o", str(out)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.3)
-        return (p, out, what)
+        return (p, out, what, m.proc.pid)
 
     def profile_stop(self, prof):
         if not prof:
             return
-        p, out, what = prof
+        p, out, what, pid = prof
         p.send_signal(signal.SIGINT)
         p.wait(timeout=60)
-        self.profiles.append((what, out))
+        self.profiles.append((what, out, pid))
 
-    def profile_report(self, out):
+    def profile_report(self, out, pid):
         """CPU by process name, then cdnfs's own top symbols."""
         def rep(args):
             r = subprocess.run(["perf", "report", "-i", str(out), "--stdio", "--no-children",
@@ -1219,9 +1240,8 @@ class Bench:
             lines = [l for l in r.stdout.decode(errors="replace").splitlines()
                      if l.strip() and not l.startswith("#")]
             return lines
-        return rep(["--sort", "comm"])[:12], rep(["--comms", ",".join(
-            ["cdnfs", "cdnfs-io", "cdnfs-wb", "cdnfs-up", "fuse"]),
-            "--sort", "dso,sym"])[:15]
+        return rep(["--sort", "comm"])[:12], rep(["--pid", str(pid),
+                                                  "--sort", "dso,sym"])[:15]
 
     # -------------------------------------------------------------- run --
     def run_all(self):
@@ -1284,7 +1304,7 @@ def main():
         log(f"all workloads done in {bench.elapsed():.0f} s; writing the report")
         text = report.render(bench)
         # the profiles are read while the report is written; only then stop
-        out = BENCH / ("results-quick.md" if QUICK else "results.md")
+        out = (work / "results.md") if QUICK else (BENCH / "results.md")
         out.write_text(text)
         print(report.console(bench), flush=True)
         log(f"wrote {out} ({bench.elapsed():.0f} s)")

@@ -819,7 +819,6 @@ static void complete_files(struct wb *wb, struct wb_job *j, const struct snapsho
 {
 	struct fs *fs = wb->fs;
 
-	purge(wb, s);
 	if (s->data && (s->compressed || !S_ISREG(s->a.mode) ||
 			dcache_adopt(fs->dc, s->key, s->etag, s->a.size, s->data) < 0))
 		unlink(s->data);
@@ -849,6 +848,7 @@ void wb_close_writer(struct wb *wb, struct wb_job *j)
 	s.rsize = j->up_rsize;
 	s.compressed = j->up_compressed;
 	finish(wb, j, &s);
+	purge(wb, &s);
 	complete_files(wb, j, &s);
 	wb_unref(wb, j); /* the table's reference */
 }
@@ -902,6 +902,7 @@ static void job_run(void *arg)
 		j->due = fs_now() + fs->conf.writeback_delay;
 	} else if (j->gen == s.gen && !j->cancelled && strcmp(j->key, s.key) == 0) {
 		finish(wb, j, &s);
+		purge(wb, &s); /* queued before waiters (a flush) wake up */
 		done = 1;
 	} else if (!j->cancelled && strcmp(j->key, s.key) != 0 && s.kind == WB_PUT) {
 		/* renamed while uploading: the old name must go */
