@@ -115,10 +115,16 @@ bench: $(BUILD)/cdnfs
 	CDNFS_BIN=$(abspath $(BUILD)/cdnfs) bench/run
 
 install: cdnfs
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 $(DESTDIR)$(PREFIX)/share/man/man5
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
+		$(DESTDIR)$(PREFIX)/share/man/man5
 	install -m 0755 cdnfs $(DESTDIR)$(PREFIX)/bin/cdnfs
 	install -m 0644 man/cdnfs.1 $(DESTDIR)$(PREFIX)/share/man/man1/cdnfs.1
-	if [ -f man/cdnfs.conf.5 ]; then install -m 0644 man/cdnfs.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/cdnfs.conf.5; fi
+	install -m 0644 man/cdnfs.conf.5 $(DESTDIR)$(PREFIX)/share/man/man5/cdnfs.conf.5
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/lib/systemd/system
+	sed 's|@BINDIR@|$(PREFIX)/bin|' contrib/mount.cdnfs > $(DESTDIR)$(PREFIX)/sbin/mount.cdnfs
+	chmod 0755 $(DESTDIR)$(PREFIX)/sbin/mount.cdnfs
+	ln -sf mount.cdnfs $(DESTDIR)$(PREFIX)/sbin/mount.fuse.cdnfs
+	sed 's|/usr/local/bin/cdnfs|$(PREFIX)/bin/cdnfs|' contrib/cdnfs@.service > $(DESTDIR)$(PREFIX)/lib/systemd/system/cdnfs@.service
 
 clean:
 	rm -rf build build-asan cdnfs

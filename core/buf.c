@@ -61,6 +61,15 @@ static int buf_grow(struct buf *b, size_t n)
 	return 0;
 }
 
+int buf_reserve(struct buf *b, size_t n)
+{
+	int rc = buf_grow(b, n);
+
+	if (rc == 0 && b->data)
+		b->data[b->len] = '\0';
+	return rc;
+}
+
 int buf_add(struct buf *b, const void *p, size_t n)
 {
 	int rc = buf_grow(b, n);

@@ -11,11 +11,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include "attrcache.h"
@@ -66,6 +68,8 @@ static void usage(FILE *f)
 		"usage: cdnfs [-f] [-d] [-o opt[,opt...]] BUCKET[:PREFIX] MOUNTPOINT\n"
 		"       cdnfs --print-rules [-o config=FILE]\n"
 		"       cdnfs --explain=KEY [-o config=FILE]\n"
+		"       cdnfs flush MOUNTPOINT     wait until S3 and the CDN have everything\n"
+		"       cdnfs status MOUNTPOINT    the status JSON\n"
 		"       cdnfs --help | --version\n\n"
 		"Mount an S3 bucket for CDN-served assets.  Unmount with fusermount3 -u.\n\n"
 		"    -f                     stay in the foreground, log to stderr\n"
@@ -397,6 +401,12 @@ static void teardown(struct fs *fs)
 	pthread_cond_destroy(&fs->cond);
 }
 
+static void on_sigusr1(int sig)
+{
+	(void)sig;
+	wb_status_requested = 1;
+}
+
 /* Everything between a working configuration and the end of the mount. */
 static int run(struct fs *fs, struct cmdline *cl)
 {
@@ -421,6 +431,7 @@ static int run(struct fs *fs, struct cmdline *cl)
 		log_init(1, (enum log_level)fs->conf.log_level);
 	if (start_threads(fs) < 0 || fuse_set_signal_handlers(fuse_get_session(fuse)) < 0)
 		goto out;
+	signal(SIGUSR1, on_sigusr1);
 	log_info("mounted bucket '%s' on '%s'", fs->conf.bucket, cl->mountpoint);
 	lc = fuse_loop_cfg_create();
 	fuse_loop_cfg_set_max_threads(lc, 64);
@@ -442,6 +453,48 @@ out:
 	return rc;
 }
 
+/* Is path a mounted cdnfs (fuse.cdnfs in the mount table)? */
+static int is_cdnfs_mount(const char *path)
+{
+	char real[4096], line[8192];
+	FILE *f;
+	int found = 0;
+
+	if (!realpath(path, real) || !(f = fopen("/proc/self/mounts", "re")))
+		return 0;
+	while (!found && fgets(line, sizeof(line), f)) {
+		char dev[4096], mnt[4096], type[64];
+
+		if (sscanf(line, "%4095s %4095s %63s", dev, mnt, type) == 3 &&
+		    strcmp(type, "fuse.cdnfs") == 0 && strcmp(mnt, real) == 0)
+			found = 1; /* mount points with spaces are octal-escaped: not matched */
+	}
+	fclose(f);
+	return found;
+}
+
+/* cdnfs flush MNT / cdnfs status MNT: the xattrs, for deploy scripts. */
+static int subcommand(const char *cmd, const char *mnt)
+{
+	char buf[65536];
+	ssize_t n;
+
+	if (strcmp(cmd, "flush") == 0) {
+		if (setxattr(mnt, "user.cdnfs.flush", "1", 1, 0) == 0)
+			return 0;
+		fprintf(stderr, "cdnfs: flush of '%s' failed: %s\n", mnt, strerror(errno));
+		return 1;
+	}
+	n = getxattr(mnt, "user.cdnfs.status", buf, sizeof(buf) - 1);
+	if (n < 0) {
+		fprintf(stderr, "cdnfs: cannot read the status of '%s': %s\n", mnt, strerror(errno));
+		return 1;
+	}
+	buf[n] = '\0';
+	fputs(buf, stdout);
+	return 0;
+}
+
 int main(int argc, char *argv[])
 {
 	struct cmdline cl = { .fargs = FUSE_ARGS_INIT(argc, argv) };
@@ -449,6 +502,9 @@ int main(int argc, char *argv[])
 	struct fs *fs = &fs_store;
 	int rc = 1, lockfd = -1;
 
+	if (argc == 3 && (strcmp(argv[1], "flush") == 0 || strcmp(argv[1], "status") == 0) &&
+	    is_cdnfs_mount(argv[2]))
+		return subcommand(argv[1], argv[2]);
 	g_fs = fs;
 	pthread_mutex_init(&fs->lock, NULL);
 	pthread_cond_init(&fs->cond, NULL);

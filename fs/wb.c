@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,13 +31,16 @@
 #include "cdn.h"
 #include "compress.h"
 #include "dcache.h"
+#include "http.h"
 #include "log.h"
+#include "ops.h"
 #include "rules.h"
 #include "s3xml.h"
 #include "wb.h"
 #include "wq.h"
 
 #define WB_MAX_BACKOFF 300.0
+#define PROGRESS_EVERY 10.0
 #define WB_COPY_MAX ((uint64_t)5 << 30)
 #define WB_COPY_PART ((uint64_t)512 << 20)
 
@@ -691,6 +695,102 @@ static int server_copy(struct wb *wb, const char *src, const char *dst, const st
 		       const struct sigv4_kv *override, char etag[S3_ETAG_MAX], uint64_t *rsize,
 		       int *compressed);
 
+/* Is name in the comma-separated list? */
+static int in_list(const char *list, const char *name)
+{
+	size_t nl = strlen(name);
+
+	for (const char *p = list; p && *p;) {
+		size_t l = strcspn(p, ",");
+
+		if (l == nl && strncasecmp(p, name, nl) == 0)
+			return 1;
+		p += l + (p[l] == ',');
+	}
+	return 0;
+}
+
+static const char *const posix_meta[] = { "mode", "uid", "gid", "mtime", "cdnfs-mtime",
+					  "cdnfs-manual" };
+
+/* The object's own headers, the base a metadata rewrite starts from, so a
+ * chmod never loses a Content-Type or x-amz-meta-* another tool set. */
+static int object_headers(const struct s3_obj *o, struct buf *st, struct sigv4_kv *kv,
+			  size_t *n, size_t cap)
+{
+	int rc = 0;
+
+	if (o->content_type)
+		rc = set_hdr(kv, n, cap, "Content-Type", o->content_type);
+	if (rc == 0 && o->cache_control)
+		rc = set_hdr(kv, n, cap, "Cache-Control", o->cache_control);
+	if (rc == 0 && o->content_disposition)
+		rc = set_hdr(kv, n, cap, "Content-Disposition", o->content_disposition);
+	if (rc == 0 && o->content_encoding)
+		rc = set_hdr(kv, n, cap, "Content-Encoding", o->content_encoding);
+	if (rc == 0 && o->storage_class && strcmp(o->storage_class, "STANDARD") != 0)
+		rc = set_hdr(kv, n, cap, "x-amz-storage-class", o->storage_class);
+	for (size_t i = 0; rc == 0 && i < o->nmeta; i++) {
+		size_t off = st->len;
+		int skip = 0;
+
+		for (size_t k = 0; k < ARRAY_SIZE(posix_meta); k++)
+			skip |= strcasecmp(o->meta[i].name, posix_meta[k]) == 0;
+		if (skip)
+			continue;
+		rc = buf_addf(st, "x-amz-meta-%s%c", o->meta[i].name, 0);
+		if (rc == 0) /* st was sized up front: pointers stay valid */
+			rc = set_hdr(kv, n, cap, st->data + off, o->meta[i].value);
+	}
+	return rc;
+}
+
+/* Headers of a server-side copy or metadata rewrite: the object's own, then
+ * what dst's rules set (Content-Type only when a rule names it, or the name
+ * changed), except headers set by hand (user.cdnfs.cache_control ...:
+ * remembered in x-amz-meta-cdnfs-manual), then the POSIX metadata, then a
+ * header being set by hand now. */
+static int copy_headers(struct wb *wb, struct snapshot *s, const struct s3_obj *o, int same_key,
+			struct buf *st, struct sigv4_kv *kv, size_t *n, size_t cap)
+{
+	struct sigv4_kv rk[RULES_HEADERS_MAX];
+	struct rule_result rr;
+	const char *manual = s3_obj_meta(o, "cdnfs-manual");
+	size_t rn = 0;
+	int rc;
+
+	*n = 0;
+	rc = object_headers(o, st, kv, n, cap);
+	if (rc == 0 && !s->is_marker && !S_ISLNK(s->a.mode)) {
+		rules_eval(wb->fs->rules, s->key + strlen(wb->fs->conf.prefix), &rr);
+		rc = rules_headers(&rr, NULL, rk, &rn, ARRAY_SIZE(rk));
+	}
+	for (size_t i = 0; rc == 0 && i < rn; i++) {
+		if (in_list(manual, rk[i].name))
+			continue;
+		if (strcasecmp(rk[i].name, "Content-Type") == 0 && same_key && o->content_type &&
+		    rr.src_content_type && strncmp(rr.src_content_type, "detected", 8) == 0)
+			continue;
+		rc = set_hdr(kv, n, cap, rk[i].name, rk[i].value);
+	}
+	rc = rc ?: meta_posix_headers(&s->a, st, kv, n, cap);
+	if (rc == 0 && s->override) {
+		size_t off = st->len;
+
+		rc = set_hdr(kv, n, cap, s->override->name,
+			     *s->override->value ? s->override->value : NULL);
+		if (in_list(manual, s->override->name))
+			rc = rc ?: buf_addf(st, "%s%c", manual, 0);
+		else
+			rc = rc ?: buf_addf(st, "%s%s%s%c", manual ? manual : "",
+					    manual ? "," : "", s->override->name, 0);
+		rc = rc ?: set_hdr(kv, n, cap, "x-amz-meta-cdnfs-manual", st->data + off);
+	} else if (rc == 0 && manual) {
+		rc = set_hdr(kv, n, cap, "x-amz-meta-cdnfs-manual", manual);
+	}
+	return rc;
+}
+
 int wb_server_copy(struct wb *wb, const char *src, const char *dst, const struct fattr *a,
 		   char etag[S3_ETAG_MAX], uint64_t *rsize, int *compressed)
 {
@@ -719,7 +819,10 @@ static int server_copy(struct wb *wb, const char *src, const char *dst, const st
 	const char *enc, *osize;
 	int rc = s3_head(wb->fs->s3, src, &o);
 
-	buf_init(&st, 4096);
+	/* copy_headers keeps pointers into st: reserve it all up front */
+	buf_init(&st, 65536);
+	if (rc == 0 && (buf_add(&st, "", 0) < 0 || buf_reserve(&st, 60000) < 0))
+		rc = -ENOMEM;
 	if (rc < 0)
 		goto out;
 	s.key = (char *)dst;
@@ -738,7 +841,7 @@ static int server_copy(struct wb *wb, const char *src, const char *dst, const st
 		*compressed = s.compressed;
 		goto out;
 	}
-	rc = build_headers(wb, &s, osize ? enc : NULL, osize, &st, kv, &h.n, ARRAY_SIZE(kv));
+	rc = copy_headers(wb, &s, &o, strcmp(src, dst) == 0, &st, kv, &h.n, ARRAY_SIZE(kv));
 	if (rc == 0 && o.size > WB_COPY_MAX)
 		rc = copy_multipart(wb, src, dst, &h, o.size, etag);
 	else if (rc == 0)
@@ -949,10 +1052,64 @@ static int pick_cb(const char *k, void *v, void *arg)
 	return 0;
 }
 
+volatile sig_atomic_t wb_status_requested;
+
+struct progress_ctx {
+	uint64_t files, bytes, running, failing;
+};
+
+static int progress_cb(const char *k, void *v, void *arg)
+{
+	struct wb_job *j = v;
+	struct progress_ctx *pc = arg;
+
+	(void)k;
+	pc->files++;
+	pc->bytes += j->kind == WB_PUT ? j->a.size : 0;
+	pc->running += j->running != 0;
+	pc->failing += j->last_err != 0;
+	return 0;
+}
+
+/* One summary line per PROGRESS_EVERY while uploads are pending, so a long
+ * deploy shows it is moving; and the status JSON on SIGUSR1.  Locked; drops
+ * the lock to log. */
+static void progress(struct wb *wb, double *last, uint64_t *last_up)
+{
+	struct fs *fs = wb->fs;
+	struct progress_ctx pc = { 0 };
+	struct http_stats hs;
+	double now = fs_now();
+	struct buf json;
+
+	if (wb_status_requested) {
+		wb_status_requested = 0;
+		pthread_mutex_unlock(&fs->lock);
+		buf_init(&json, 1 << 20);
+		if (ops_status_json(fs, &json) == 0)
+			log_info("status: %s", buf_str(&json));
+		buf_release(&json);
+		pthread_mutex_lock(&fs->lock);
+	}
+	if (now - *last < PROGRESS_EVERY)
+		return;
+	htab_foreach(wb->jobs, progress_cb, &pc);
+	http_get_stats(fs->http, &hs);
+	if (pc.files)
+		log_info("pending: %" PRIu64 " change%s (%.1f MB), %" PRIu64 " uploading, %.1f MB/s, "
+			 "%" PRIu64 " failing",
+			 pc.files, pc.files == 1 ? "" : "s", (double)pc.bytes / 1e6, pc.running,
+			 (double)(hs.bytes_up - *last_up) / 1e6 / (now - *last), pc.failing);
+	*last = now;
+	*last_up = hs.bytes_up;
+}
+
 static void *dispatch_main(void *arg)
 {
 	struct wb *wb = arg;
 	struct fs *fs = wb->fs;
+	double last_progress = fs_now();
+	uint64_t last_up = 0;
 
 	pthread_mutex_lock(&fs->lock);
 	while (!wb->stop) {
@@ -960,6 +1117,7 @@ static void *dispatch_main(void *arg)
 		struct timespec ts;
 		double wakeat;
 
+		progress(wb, &last_progress, &last_up);
 		htab_foreach(wb->jobs, pick_cb, &pc);
 		for (int i = 0; i < pc.n; i++) {
 			pc.ready[i]->running = 1;

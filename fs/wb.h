@@ -111,10 +111,15 @@ int wb_server_copy(struct wb *wb, const char *src, const char *dst, const struct
 		   char etag[S3_ETAG_MAX], uint64_t *rsize, int *compressed) WUR;
 
 /* Rewrite key's metadata in place with header name set to value by hand
- * (user.cdnfs.cache_control ...; "" removes it), everything else as the
- * rules give.  Unlocked. */
+ * (user.cdnfs.cache_control ...; "" removes it) and remembered as set by
+ * hand (x-amz-meta-cdnfs-manual), so later rewrites keep it; the object's
+ * other headers are kept.  Unlocked. */
 int wb_set_header(struct wb *wb, const char *key, const struct fattr *a, const char *name,
 		  const char *value, char etag[S3_ETAG_MAX]) WUR;
+
+/* Set by SIGUSR1: the dispatcher logs the status JSON (within a second). */
+#include <signal.h>
+extern volatile sig_atomic_t wb_status_requested;
 
 struct wb_stats {
 	uint64_t pending, running, bytes_pending, uploaded, failed, deleted;

@@ -39,6 +39,11 @@ int buf_addch(struct buf *b, char c) WUR;
 int buf_addf(struct buf *b, const char *fmt, ...) PRINTF(2, 3) WUR;
 int buf_vaddf(struct buf *b, const char *fmt, va_list ap) PRINTF(2, 0) WUR;
 
+/* Make room for n more bytes without changing the contents, so pointers into
+ * data stay valid over appends totalling at most n bytes.  0, -ENOMEM, -E2BIG
+ * (buffer released on failure). */
+int buf_reserve(struct buf *b, size_t n) WUR;
+
 /* The contents as a C string; "" for an empty buffer (never NULL). */
 const char *buf_str(const struct buf *b);
 
