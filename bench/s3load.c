@@ -13,7 +13,8 @@
  * PHASES is a comma-separated list run in order in one process (so the
  * connections stay alive between them): put, head, get (N objects of SIZE
  * bytes under PREFIX/NNNNNN), tree (PUT every regular file under DIR as
- * PREFIX/relative/path).  Credentials from the environment (AWS_ACCESS_KEY_ID,
+ * PREFIX/relative/path), mpu (one object of N parts of SIZE bytes, the
+ * parts sent CONC at a time, as cdnfs uploads a large file).  Credentials from the environment (AWS_ACCESS_KEY_ID,
  * AWS_SECRET_ACCESS_KEY), as cdnfs takes them.  One JSON line per phase on
  * stdout: {"phase":..,"conc":..,"n":..,"bytes":..,"seconds":..,"errors":..}.
  *
@@ -53,6 +54,8 @@ struct load {
 	uint64_t size;
 	int body_fd;      /* memfd of size bytes */
 	int null_fd;      /* /dev/null for GET bodies */
+	char *upload_id;  /* mpu */
+	char (*etags)[S3_ETAG_MAX]; /* mpu: one per part */
 	char **files;     /* tree: absolute paths */
 	char **keys;      /* tree: object keys */
 	uint64_t *sizes;  /* tree: file sizes */
@@ -120,14 +123,27 @@ static int one_tree(struct load *l, size_t i)
 	return rc < 0 ? rc : 0;
 }
 
+static int one_part(struct load *l, size_t i)
+{
+	char key[1024];
+	int rc = key_of(l, 0, key, sizeof(key));
+
+	if (rc == 0)
+		rc = s3_mpu_part(l->s3, key, l->upload_id, (int)i + 1, l->body_fd, 0, l->size,
+				 l->etags[i]);
+	if (rc >= 0)
+		atomic_fetch_add(&l->bytes, l->size);
+	return rc < 0 ? rc : 0;
+}
+
 static void *worker(void *arg)
 {
 	struct load *l = arg;
-	int tree = strcmp(l->phase, "tree") == 0;
+	int tree = strcmp(l->phase, "tree") == 0, mpu = strcmp(l->phase, "mpu") == 0;
 	size_t i;
 
 	while ((i = atomic_fetch_add(&l->next, 1)) < l->n) {
-		int rc = tree ? one_tree(l, i) : one_small(l, i);
+		int rc = tree ? one_tree(l, i) : mpu ? one_part(l, i) : one_small(l, i);
 
 		if (rc < 0 && atomic_fetch_add(&l->errors, 1) < 5)
 			fprintf(stderr, "s3load: %s #%zu: %s\n", l->phase, i, strerror(-rc));
@@ -168,21 +184,60 @@ static int add_file(const char *path, const struct stat *st, int type, struct FT
 	return 0;
 }
 
+/* The mpu phase: create, the parts in parallel (the workers), complete. */
+static int mpu_begin(struct load *l)
+{
+	char key[1024];
+	int rc = key_of(l, 0, key, sizeof(key));
+
+	l->etags = calloc(l->n, sizeof(*l->etags));
+	if (!l->etags)
+		return -ENOMEM;
+	return rc ? rc : s3_mpu_create(l->s3, key, NULL, &l->upload_id);
+}
+
+static int mpu_end(struct load *l)
+{
+	const char **tags = calloc(l->n, sizeof(*tags));
+	char key[1024], etag[S3_ETAG_MAX];
+	int rc = tags ? key_of(l, 0, key, sizeof(key)) : -ENOMEM;
+
+	for (size_t i = 0; rc == 0 && i < l->n; i++)
+		tags[i] = l->etags[i];
+	if (rc == 0 && atomic_load(&l->errors) == 0)
+		rc = s3_mpu_complete(l->s3, key, l->upload_id, tags, l->n, etag);
+	else if (rc == 0)
+		rc = s3_mpu_abort(l->s3, key, l->upload_id);
+	free(tags);
+	free(l->etags);
+	free(l->upload_id);
+	l->etags = NULL;
+	l->upload_id = NULL;
+	return rc;
+}
+
 static int run_phase(struct load *l, int conc)
 {
 	pthread_t th[MAX_CONC];
-	int started = 0, rc = 0;
+	int started = 0, rc = 0, mpu = strcmp(l->phase, "mpu") == 0;
 	double t0, t1;
 
 	atomic_store(&l->next, 0);
 	atomic_store(&l->bytes, 0);
 	atomic_store(&l->errors, 0);
 	t0 = now();
+	if (mpu && (rc = mpu_begin(l)) < 0)
+		return rc;
 	for (; started < conc; started++)
 		if ((rc = -pthread_create(&th[started], NULL, worker, l)) < 0)
 			break;
 	for (int i = 0; i < started; i++)
 		pthread_join(th[i], NULL);
+	if (mpu) {
+		int r = mpu_end(l);
+
+		rc = rc ? rc : r;
+	}
 	t1 = now();
 	if (rc < 0)
 		return rc;
@@ -260,7 +315,8 @@ static int run_all(struct load *l, const struct args *a)
 			l->n = 0;
 			if (!a->dir || nftw(a->dir, add_file, 64, FTW_PHYS) != 0)
 				rc = -EINVAL;
-		} else if (strcmp(p, "put") && strcmp(p, "head") && strcmp(p, "get")) {
+		} else if (strcmp(p, "put") && strcmp(p, "head") && strcmp(p, "get") &&
+			   strcmp(p, "mpu")) {
 			rc = -EINVAL;
 		} else {
 			l->n = a->n;
@@ -286,7 +342,7 @@ int main(int argc, char **argv)
 	log_init(0, LOGL_WARN);
 	rc = parse_args(argc, argv, &a);
 	if (rc < 0)
-		fprintf(stderr, "usage: s3load -e ENDPOINT -b BUCKET -c CONC -p put,head,get|tree "
+		fprintf(stderr, "usage: s3load -e ENDPOINT -b BUCKET -c CONC -p put,head,get,mpu|tree "
 				"[-n N] [-s SIZE] [-k PREFIX] [-d DIR]\n");
 	struct s3_conf sc = { a.endpoint, "us-east-1", a.bucket, 1 };
 

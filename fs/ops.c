@@ -182,6 +182,7 @@ static int op_mkdir(const char *path, mode_t mode)
 		goto out;
 	}
 	tree_default_attr(fs, &n->a, S_IFDIR);
+	n->explicit = (mode & 07777) != (n->a.mode & 07777);
 	n->a.mode = S_IFDIR | (mode & 07777);
 	n->a.uid = fc->uid;
 	n->a.gid = fc->gid;
@@ -238,8 +239,13 @@ static int op_rmdir(const char *path)
 		rc = -ENOTEMPTY;
 	if (rc == 0)
 		rc = remove_remote(fs, n);
-	if (rc == 0)
+	if (rc == 0) {
+		struct node *parent = n->parent;
+
 		tree_remove(n);
+		if (wb_keep_dir(fs->wb, parent) < 0)
+			log_warn("cannot keep the directory of '%s'", path);
+	}
 	UNLOCK(fs);
 	return rc;
 }
@@ -260,8 +266,13 @@ static int op_unlink(const char *path)
 		rc = -EISDIR;
 	if (rc == 0)
 		rc = tree_key(fs, n, 0, &key) ?: remove_remote(fs, n);
-	if (rc == 0)
+	if (rc == 0) {
+		struct node *parent = n->parent;
+
 		tree_remove(n);
+		if (wb_keep_dir(fs->wb, parent) < 0)
+			log_warn("cannot keep the directory of '%s'", path);
+	}
 	UNLOCK(fs);
 	if (rc == 0)
 		dcache_forget(fs->dc, buf_str(&key));
@@ -278,6 +289,8 @@ static int attrs_changed(struct fs *fs, struct node *n)
 	struct wb_job *j;
 	int rc;
 
+	if (n->kids)
+		n->explicit = 1; /* a marker keeps these (wb.c: marker_needless) */
 	if (n->job) {
 		wb_touch(fs->wb, n->job);
 		return 0;
@@ -812,7 +825,7 @@ static int op_flush(const char *path, struct fuse_file_info *fi)
  * requests; the caller re-resolves. */
 static int rename_remote(struct fs *fs, const char *from, const char *to)
 {
-	struct node *n, *dir;
+	struct node *n, *dir, *old_parent;
 	const char *name;
 	struct buf fk, tk;
 	struct fattr a;
@@ -851,7 +864,10 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 		wb_cancel(fs->wb, tree_child(dir, name)->job);
 	if (n->job)
 		wb_cancel(fs->wb, n->job); /* a pending chmod: applied by the copy */
+	old_parent = n->parent;
 	rc = tree_move(n, dir, name);
+	if (rc == 0 && old_parent != dir && wb_keep_dir(fs->wb, old_parent) < 0)
+		log_warn("cannot keep the directory of '%s'", from);
 	if (rc == 0) {
 		struct ac_entry e;
 
@@ -875,7 +891,7 @@ out:
 /* Rename a file whose data is staged: all local, one PUT later. Locked. */
 static int rename_staged(struct fs *fs, struct node *n, struct node *dir, const char *name)
 {
-	struct node *dst = tree_child(dir, name);
+	struct node *dst = tree_child(dir, name), *old_parent;
 	struct buf oldkey, newkey;
 	int rc, old_remote = n->remote || n->job->existed;
 
@@ -885,9 +901,12 @@ static int rename_staged(struct fs *fs, struct node *n, struct node *dir, const 
 	}
 	buf_init(&oldkey, 8192);
 	buf_init(&newkey, 8192);
+	old_parent = n->parent;
 	rc = tree_key(fs, n, 0, &oldkey);
 	rc = rc ?: tree_move(n, dir, name);
 	rc = rc ?: tree_key(fs, n, 0, &newkey);
+	if (rc == 0 && old_parent != dir && wb_keep_dir(fs->wb, old_parent) < 0)
+		log_warn("cannot keep the directory of '%s'", buf_str(&oldkey));
 	if (rc < 0)
 		goto out;
 	n->remote = 0;

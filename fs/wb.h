@@ -51,6 +51,7 @@ struct wb_job {
 	int refs;             /* table + open files */
 	int cancelled;        /* removed from the table while referenced */
 	struct node *node;    /* the node it belongs to, NULL for deletes */
+	struct wb_job *after; /* the replaced job of the key, while it may still run */
 	char up_etag[S3_ETAG_MAX]; /* an upload done while writers were open (fsync) */
 	uint64_t up_rsize;
 	int up_compressed;
@@ -95,6 +96,9 @@ void wb_wait_idle(struct wb *wb, struct wb_job *j);
 int wb_sync(struct wb *wb, struct wb_job *j) WUR;
 /* wb_sync for every job (user.cdnfs.flush).  May drop fs->lock. */
 int wb_sync_all(struct wb *wb) WUR;
+/* dir lost its last entry: if S3 knows it only through its children, give it
+ * a marker so it stays (a directory made here is removed by rmdir only). */
+int wb_keep_dir(struct wb *wb, struct node *dir) WUR;
 /* Call fn on every job until it returns non-zero (returned); fn must not
  * add or remove jobs. */
 int wb_foreach(struct wb *wb, int (*fn)(struct wb_job *j, void *arg), void *arg);
