@@ -893,12 +893,14 @@ static int rename_staged(struct fs *fs, struct node *n, struct node *dir, const 
 {
 	struct node *dst = tree_child(dir, name), *old_parent;
 	struct buf oldkey, newkey;
-	int rc, old_remote = n->remote || n->job->existed;
+	int rc, dst_existed, old_remote = n->remote || n->job->existed;
 
 	if (dst && dst->job && dst->job->running) {
 		wb_wait_idle(fs->wb, dst->job);
 		return -EAGAIN; /* the lock was dropped: start again */
 	}
+	/* read dst before tree_move frees it */
+	dst_existed = dst != NULL && (dst->remote || (dst->job && dst->job->existed));
 	buf_init(&oldkey, 8192);
 	buf_init(&newkey, 8192);
 	old_parent = n->parent;
@@ -910,7 +912,7 @@ static int rename_staged(struct fs *fs, struct node *n, struct node *dir, const 
 	if (rc < 0)
 		goto out;
 	n->remote = 0;
-	n->job->existed = dst != NULL && (dst->remote || (dst->job && dst->job->existed));
+	n->job->existed = dst_existed;
 	rc = wb_rekey(fs->wb, n->job, buf_str(&newkey));
 	if (rc == 0 && old_remote)
 		rc = wb_delete(fs->wb, buf_str(&oldkey));
