@@ -1097,12 +1097,18 @@ class Bench:
         self.add("W4", c, label, [w.seconds for w in res], ops=med.ops, errors=med.errors,
                  unit="MB", amount=mb, rss=m.rss(), key=key)
 
+    def warm_big(self):
+        """The write's source in the page cache: W4 measures the writer's
+        target, not the disk the source sits on (the same for everyone)."""
+        subprocess.run(["dd", f"if={self.big}", "of=/dev/null", "bs=1M", "status=none"],
+                       check=False)
+
     def w4_fs(self, c):
         log(f"W4: one {BIG // MiB} MiB file on {c}")
         mb = BIG / 1e6
         bucket = self.server.new_bucket(f"{c}-w4") if c != "local" else None
         m = self.mount(c, bucket, "w4", big=True)
-        drop_caches()
+        self.warm_big()
         prof = self.profile_start(c, "W4 write", m)
         with self.window(bucket) as w:
             t0 = time.monotonic()
@@ -1155,7 +1161,7 @@ class Bench:
         log(f"W4: aws s3 cp of one {BIG // MiB} MiB file")
         mb = BIG / 1e6
         bucket = self.server.new_bucket("aws-w4")
-        drop_caches()
+        self.warm_big()
         with self.window(bucket) as w:
             self.aws(c, ["s3", "cp", "--no-progress", "--only-show-errors", self.big,
                          f"s3://{bucket}/big"])
@@ -1333,37 +1339,107 @@ class Bench:
             fake.wait(timeout=10)
 
     # ---------------------------------------------------------- profile --
-    def profile_start(self, c, what, m):
+    def profile_start(self, c, what, m, freq=199):
+        """Two perf recordings while a step runs: the whole machine without
+        call graphs (CPU by process), and cdnfs alone with DWARF call graphs
+        (cdnfs is built without frame pointers)."""
         if c != "cdnfs" or not self.profiling():
             return None
-        out = self.work / "logs" / f"perf-{len(self.profiles)}.data"
-        p = subprocess.Popen(["perf", "record", "-a", "-g", "-F", "199", "-o", str(out)],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.3)
-        return (p, out, what, m.proc.pid)
+        n = len(self.profiles)
+        sysdata = self.work / "logs" / f"perf-{n}-all.data"
+        cdata = self.work / "logs" / f"perf-{n}-cdnfs.data"
+        procs = [subprocess.Popen(["perf", "record", "-a", "-F", "199", "-e", "cpu-clock",
+                                   "-e", "sched:sched_process_fork", "-o", str(sysdata)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+                 subprocess.Popen(["perf", "record", "--call-graph", "dwarf,16384", "-F",
+                                   str(freq), "-p", str(m.proc.pid), "-o", str(cdata)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+        with open(self.work / "pids", "a") as f:
+            f.write("".join(f"{p.pid}\n" for p in procs))
+        time.sleep(0.5)
+        return (procs, sysdata, cdata, what, m.proc.pid)
 
     def profile_stop(self, prof):
         if not prof:
             return
-        p, out, what, pid = prof
-        p.send_signal(signal.SIGINT)
-        p.wait(timeout=60)
-        self.profiles.append((what, out, pid))
+        procs, sysdata, cdata, what, pid = prof
+        for p in procs:
+            p.send_signal(signal.SIGINT)
+        for p in procs:
+            try:
+                p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        ours = {str(pid): "cdnfs (the mount being measured)"}
+        ours.update({str(p.pid): "(the profiler)" for p in procs})
+        try:
+            for line in (self.server.dir / "pids").read_text().split():
+                ours[line] = "(this run's S3 server)"
+        except OSError:
+            pass
+        prof = dict(what=what, sysdata=sysdata, cdata=cdata, pid=pid, ours=ours)
+        prof["procs"] = self.cpu_by_process(prof)  # now, while /proc names them
+        self.profiles.append(prof)
 
-    def profile_report(self, out, pid):
-        """CPU by process name, then cdnfs's own top symbols."""
-        def rep(args):
-            r = subprocess.run(["perf", "report", "-i", str(out), "--stdio",
-                                "-g", "none", "--percent-limit", "2"] + args,
-                               capture_output=True, check=False, timeout=300)
-            lines = [l for l in r.stdout.decode(errors="replace").splitlines()
-                     if l.strip() and not l.startswith("#")]
-            return lines
-        return (rep(["--no-children", "--sort", "comm"])[:12],
-                rep(["--no-children", "--pid", str(pid), "--percentage", "relative",
-                     "--sort", "dso,sym"])[:15],
-                rep(["--children", "--pid", str(pid), "--percentage", "relative",
-                     "--dsos", "cdnfs", "--sort", "sym"])[:20])
+    @staticmethod
+    def perf(args, timeout=300):
+        try:
+            r = subprocess.run(["perf"] + args, capture_output=True, check=False,
+                               timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return ["(perf report timed out)"]
+        return [l for l in r.stdout.decode(errors="replace").splitlines()
+                if l.strip() and not l.startswith("#")]
+
+    def cpu_by_process(self, prof):
+        """Top processes by CPU samples; "this run's step" are descendants of
+        this driver (followed through the fork events recorded alongside)."""
+        by_pid, names, total = collections.Counter(), {}, 0
+        mine = {str(os.getpid())}
+        fork_re = re.compile(r"sched_process_fork: comm=.* pid=(\d+) child_comm=(.*) "
+                             r"child_pid=(\d+)")
+        for line in self.perf(["script", "-i", str(prof["sysdata"]), "-F",
+                               "comm,pid,tid,event,trace"]):
+            m = fork_re.search(line)
+            f = line.split()
+            ptid = next((x for x in f if re.fullmatch(r"\d+/\d+", x)), None)
+            if ptid is None:
+                continue
+            pid, _, tid = ptid.partition("/")
+            if m:
+                if pid in mine:
+                    mine.add(m.group(3))
+                    names.setdefault(m.group(3), m.group(2))
+                continue
+            by_pid[pid] += 1
+            total += 1
+            if pid == tid or pid not in names:
+                names[pid] = line.split(ptid)[0].strip()
+        procs = []
+        for pid, n in by_pid.most_common(10):
+            try:
+                names[pid] = Path(f"/proc/{pid}/comm").read_text().strip()
+            except OSError:
+                pass
+            name = "idle" if pid == "0" else names.get(pid, "?")
+            who = prof["ours"].get(pid, "")
+            if not who and pid != "0":
+                who = ("(this run's step)" if pid in mine
+                       else "(another process on this machine)")
+            procs.append(f"{100 * n / max(total, 1):6.1f}%  {pid:>7}  {name:16} {who}")
+        return procs
+
+    def profile_report(self, prof):
+        """(CPU by process, cdnfs's self time by symbol, cdnfs's functions
+        with their callees), as text lines."""
+        perf = self.perf
+        procs = prof["procs"]
+        base = ["report", "-i", str(prof["cdata"]), "--stdio", "-g", "none",
+                "--percent-limit", "3"]
+        syms = perf(base + ["--no-children", "--sort", "dso,sym"])[:14]
+        incl = perf(base + ["--children", "--sort", "sym"])[:28]
+        return procs, syms, incl
 
     # -------------------------------------------------------------- run --
     def run_all(self):
