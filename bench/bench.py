@@ -1348,7 +1348,9 @@ class Bench:
         n = len(self.profiles)
         sysdata = self.work / "logs" / f"perf-{n}-all.data"
         cdata = self.work / "logs" / f"perf-{n}-cdnfs.data"
-        procs = [subprocess.Popen(["perf", "record", "-a", "-F", "199", "-e", "cpu-clock",
+        # the fork events (every one: a tracepoint without -F) tell this
+        # run's step processes from the rest of the machine
+        procs = [subprocess.Popen(["perf", "record", "-a", "-e", "cpu-clock/freq=199/",
                                    "-e", "sched:sched_process_fork", "-o", str(sysdata)],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
                  subprocess.Popen(["perf", "record", "--call-graph", "dwarf,16384", "-F",
