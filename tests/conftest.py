@@ -675,7 +675,18 @@ class RgwLog:
         return Window(self, bucket)
 
     def sync(self):
-        """Returns the log offset just after a fresh marker line."""
+        """Returns the log offset just after a fresh marker line.
+
+        RGW writes an access line after it has sent the response, from the
+        request's own thread, so a request that completed just before the
+        marker can still be logged after it.  Two markers 50 ms apart close
+        that window: anything the client saw completed before the first
+        marker is logged before the second."""
+        self._marker()
+        time.sleep(0.05)
+        return self._marker()
+
+    def _marker(self):
         token = MARKER + secrets.token_hex(8)
         try:
             urllib.request.urlopen(f"{self.server.endpoint}/{token}", timeout=10).read()
