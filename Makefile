@@ -7,6 +7,7 @@
 #   make deps       install the Debian packages the build needs
 #   make test-deps  install the Debian packages the tests need
 #   make demo       collectstatic onto a local S3 server, shown step by step
+#   make crash      20 kill -9 rounds (make load: 60 s over 10,000 files)
 #   make install    PREFIX=/usr/local DESTDIR=
 #   make clean | format | lint
 #
@@ -14,6 +15,7 @@
 
 VERSION   := 0.1.0
 PREFIX    ?= /usr/local
+MOUNT_HELPER_DIR ?= /sbin
 DESTDIR   ?=
 CC        ?= cc
 BUILD     ?= build
@@ -52,7 +54,7 @@ TEST_ENV := CDNFS_BIN=$(abspath $(BUILD)/cdnfs) CDNFS_TOOLS=$(abspath $(BUILD)/t
 	CDNFS_SIGV4_TOOL=$(abspath $(BUILD)/tests/sigv4-tool) \
 	DCACHE_TEST_BIN=$(abspath $(BUILD)/tests/dcache-test)
 
-.PHONY: all check asan unit deps test-deps demo install clean format lint bench fuzz integration
+.PHONY: all check asan unit deps test-deps demo install clean format lint bench fuzz integration crash load
 
 all: cdnfs
 
@@ -104,13 +106,42 @@ check: test-deps $(BUILD)/cdnfs $(UNIT_BIN) $(TOOL_BIN)
 integration: test-deps $(BUILD)/cdnfs $(TOOL_BIN)
 	@$(TEST_ENV) tests/run-all
 
+# The long versions of the kill -9 rounds and of the load test (make check
+# runs 3 crash rounds, and 15 s over 1,000 files); -s shows their summaries.
+crash: test-deps $(BUILD)/cdnfs $(TOOL_BIN)
+	@CDNFS_CRASH_ROUNDS=20 PYTEST_ADDOPTS="$(PYTEST_ADDOPTS) -s -k test_crash" \
+		$(TEST_ENV) tests/run-all
+
+load: test-deps $(BUILD)/cdnfs $(TOOL_BIN)
+	@CDNFS_LOAD_SECONDS=60 CDNFS_LOAD_FILES=10000 \
+		PYTEST_ADDOPTS="$(PYTEST_ADDOPTS) -s -k test_load" $(TEST_ENV) tests/run-all
+
 # Under the sanitizers: every unit test, and the integration tests of the
-# filesystem core (reads, writes, rules, credentials, the CDN queue); the long
-# end-to-end workflow files run in the plain `make check` only, to keep CI
-# within its time.
-ASAN_PYTEST := -k 'not test_workflows and not test_cdn_mount'
+# filesystem core (reads, writes, rules, credentials, the CDN queue, faults,
+# hostile servers, security); the long end-to-end files (workflows, CDN
+# through the mount, crash rounds, load, verify, mount(8), the fuzzers, which
+# are built with ASan themselves) run in the plain `make check` only, to keep
+# CI within its time.
+ASAN_PYTEST := -k 'not test_workflows and not test_cdn_mount and not test_fuzz \
+	and not test_crash and not test_load and not test_verify and not test_mount_helper'
 asan:
 	PYTEST_ADDOPTS="$(ASAN_PYTEST)" $(MAKE) BUILD=build-asan SANITIZE=1 OPT="-O1 -g" check
+
+# Under valgrind memcheck: the plain build, every cdnfs the mount fixture
+# starts wrapped in valgrind (tests/conftest.py CDNFS_WRAPPER), a subset of
+# the core integration tests (listing, reads, small and multipart writes,
+# renames, rules and compression, credentials, the status xattr); an error
+# or a definite leak fails the test.  A few minutes on 2 cores.
+VALGRIND := valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite \
+	--track-fds=no -q --num-callers=30
+VALGRIND_PYTEST := -k 'test_prefix_mount or test_nested_prefixes_and_markers \
+	or test_changed_behind_back or (test_round_trip and (1B or 8MiB+1) and not 100mib) \
+	or test_modify_uploaded_file or test_rename_directory or test_config_rules \
+	or test_compressed_object_read_and_modified_by_a_fresh_mount \
+	or test_invalidation_and_status_xattrs or test_profile_credentials'
+.PHONY: valgrind
+valgrind: test-deps $(BUILD)/cdnfs $(TOOL_BIN)
+	@CDNFS_WRAPPER="$(VALGRIND)" PYTEST_ADDOPTS="$(VALGRIND_PYTEST)" $(TEST_ENV) tests/run-all
 
 demo: $(BUILD)/cdnfs
 	tests/deps.sh test
@@ -118,6 +149,8 @@ demo: $(BUILD)/cdnfs
 
 bench: $(BUILD)/cdnfs
 	CDNFS_BIN=$(abspath $(BUILD)/cdnfs) bench/run
+
+include tests/fuzz/fuzz.mk
 
 install: cdnfs
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/man/man1 \
@@ -129,10 +162,13 @@ install: cdnfs
 	sed 's|@BINDIR@|$(PREFIX)/bin|' contrib/mount.cdnfs > $(DESTDIR)$(PREFIX)/sbin/mount.cdnfs
 	chmod 0755 $(DESTDIR)$(PREFIX)/sbin/mount.cdnfs
 	ln -sf mount.cdnfs $(DESTDIR)$(PREFIX)/sbin/mount.fuse.cdnfs
+	@# mount(8) runs helpers from /sbin only (also /sbin/fs.d, /sbin/fs)
+	install -d $(DESTDIR)$(MOUNT_HELPER_DIR)
+	ln -sf $(PREFIX)/sbin/mount.cdnfs $(DESTDIR)$(MOUNT_HELPER_DIR)/mount.fuse.cdnfs
 	sed 's|/usr/local/bin/cdnfs|$(PREFIX)/bin/cdnfs|' contrib/cdnfs@.service > $(DESTDIR)$(PREFIX)/lib/systemd/system/cdnfs@.service
 
 clean:
-	rm -rf build build-asan cdnfs
+	rm -rf build build-asan build-fuzz cdnfs
 
 format:
 	clang-format -i $(wildcard core/*.[ch] s3/*.[ch] cdn/*.[ch] fs/*.[ch] include/*.h tests/unit/*.[ch])

@@ -1425,48 +1425,85 @@ void cdn_get_stats(struct cdn *cdn, struct cdn_stats *out)
 	pthread_mutex_unlock(&cdn->lock);
 }
 
-static int json_str(struct buf *out, const char *s)
+/* Length of the valid UTF-8 sequence at s (1-4), 0 when it is not one: a
+ * stray continuation byte, a cut sequence, an overlong form, a surrogate,
+ * or past U+10FFFF (RFC 3629). */
+static size_t utf8_len(const unsigned char *s)
 {
+	size_t n = s[0] < 0x80 ? 1 : s[0] >= 0xc2 && s[0] <= 0xdf ? 2
+				 : s[0] >= 0xe0 && s[0] <= 0xef ? 3
+				 : s[0] >= 0xf0 && s[0] <= 0xf4 ? 4 : 0;
+	unsigned lo = 0x80, hi = 0xbf;
+
+	if (s[0] == 0xe0)
+		lo = 0xa0; /* overlong */
+	else if (s[0] == 0xed)
+		hi = 0x9f; /* surrogates */
+	else if (s[0] == 0xf0)
+		lo = 0x90; /* overlong */
+	else if (s[0] == 0xf4)
+		hi = 0x8f; /* past U+10FFFF */
+	for (size_t i = 1; i < n; i++)
+		if (s[i] < (i == 1 ? lo : 0x80) || s[i] > (i == 1 ? hi : 0xbf))
+			return 0;
+	return n;
+}
+
+/* The bytes are anybody's (a provider's error message, cut to fit a
+ * buffer, perhaps mid-character; a key): the output must be valid JSON
+ * whatever they are, so invalid UTF-8 becomes U+FFFD. */
+int cdn_json_str(struct buf *out, const char *s)
+{
+	const unsigned char *p = (const unsigned char *)s;
 	int rc = buf_addch(out, '"');
 
-	for (; *s && rc == 0; s++) {
-		unsigned char c = (unsigned char)*s;
+	while (*p && rc == 0) {
+		size_t n = utf8_len(p);
 
-		if (c == '"' || c == '\\')
-			rc = buf_addf(out, "\\%c", c);
-		else if (c < 0x20)
-			rc = buf_addf(out, "\\u%04x", c);
+		if (*p == '"' || *p == '\\')
+			rc = buf_addf(out, "\\%c", *p);
+		else if (*p < 0x20)
+			rc = buf_addf(out, "\\u%04x", *p);
+		else if (n == 0)
+			rc = buf_addstr(out, "\\ufffd");
 		else
-			rc = buf_addch(out, (char)c);
+			rc = buf_add(out, p, n);
+		p += n ? n : 1;
 	}
 	return rc ? rc : buf_addch(out, '"');
+}
+
+int cdn_stats_json_of(const struct cdn_stats *s, struct buf *out)
+{
+	int rc;
+
+	rc = buf_addf(out, "{\"provider\":\"%s\",\"pending\":%llu,\"in_flight\":%llu,"
+			   "\"in_flight_paths\":%llu,\"in_progress\":%llu,\"requests\":%llu,"
+			   "\"batches\":%llu,\"paths_sent\":%llu,\"failures\":%llu,"
+			   "\"dropped\":%llu,\"month\":",
+		      cdn_provider_name(s->provider), (unsigned long long)s->pending,
+		      (unsigned long long)s->in_flight, (unsigned long long)s->in_flight_paths,
+		      (unsigned long long)s->in_progress, (unsigned long long)s->requests,
+		      (unsigned long long)s->batches, (unsigned long long)s->paths_sent,
+		      (unsigned long long)s->failures, (unsigned long long)s->dropped);
+	if (rc == 0)
+		rc = cdn_json_str(out, s->month);
+	if (rc == 0)
+		rc = buf_addf(out, ",\"month_paths\":%llu,\"last_error\":",
+			      (unsigned long long)s->month_paths);
+	if (rc == 0)
+		rc = cdn_json_str(out, s->last_error);
+	return rc ? rc : buf_addch(out, '}');
 }
 
 int cdn_stats_json(struct cdn *cdn, struct buf *out)
 {
 	struct cdn_stats s;
-	int rc;
 
 	if (!cdn)
 		return buf_addstr(out, "{\"provider\":\"none\"}");
 	cdn_get_stats(cdn, &s);
-	rc = buf_addf(out, "{\"provider\":\"%s\",\"pending\":%llu,\"in_flight\":%llu,"
-			   "\"in_flight_paths\":%llu,\"in_progress\":%llu,\"requests\":%llu,"
-			   "\"batches\":%llu,\"paths_sent\":%llu,\"failures\":%llu,"
-			   "\"dropped\":%llu,\"month\":",
-		      cdn_provider_name(s.provider), (unsigned long long)s.pending,
-		      (unsigned long long)s.in_flight, (unsigned long long)s.in_flight_paths,
-		      (unsigned long long)s.in_progress, (unsigned long long)s.requests,
-		      (unsigned long long)s.batches, (unsigned long long)s.paths_sent,
-		      (unsigned long long)s.failures, (unsigned long long)s.dropped);
-	if (rc == 0)
-		rc = json_str(out, s.month);
-	if (rc == 0)
-		rc = buf_addf(out, ",\"month_paths\":%llu,\"last_error\":",
-			      (unsigned long long)s.month_paths);
-	if (rc == 0)
-		rc = json_str(out, s.last_error);
-	return rc ? rc : buf_addch(out, '}');
+	return cdn_stats_json_of(&s, out);
 }
 
 /* ----------------------------------------------------------- life cycle */

@@ -99,6 +99,14 @@ int cdn_cloudfront_get(const struct cdn_api *api, const char *id, struct cdn_res
 int cdn_cloudflare_send(const struct cdn_api *api, const struct cdn_batch *b,
 			struct cdn_result *res) WUR;
 
+/* s as a quoted JSON string appended to out: '"' and '\\' escaped, control
+ * bytes as \u00XX, each byte of invalid UTF-8 (a stray or cut sequence, an
+ * overlong form, a surrogate) as \ufffd, so the result is always valid
+ * JSON.  0 or -ENOMEM/-E2BIG. */
+int cdn_json_str(struct buf *out, const char *s) WUR;
+/* cdn_stats_json's object for s (pure, for tests and tests/fuzz). */
+int cdn_stats_json_of(const struct cdn_stats *s, struct buf *out) WUR;
+
 /* Pure pieces of the backends, for tests. */
 int cdn_cloudfront_body(struct buf *out, const char *ref, char *const *items, size_t n) WUR;
 /* Outcome of a CloudFront error answer (code may be NULL or ""). */

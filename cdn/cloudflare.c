@@ -139,16 +139,20 @@ static int j_num(struct jcur *c, long *out)
 {
 	char tmp[64], *end;
 	size_t n = 0;
+	double d;
 
-	while (c->p + n < c->end && n < sizeof(tmp) - 1 && strchr("+-.eE0123456789", c->p[n]))
+	while (c->p + n < c->end && n < sizeof(tmp) - 1 && c->p[n] &&
+	       strchr("+-.eE0123456789", c->p[n]))
 		n++;
 	if (!n || n == sizeof(tmp) - 1)
 		return -EBADMSG;
 	memcpy(tmp, c->p, n);
 	tmp[n] = '\0';
-	*out = (long)strtod(tmp, &end);
-	if (end != tmp + n)
+	d = strtod(tmp, &end);
+	/* converting a double outside long's range (or NaN) is undefined */
+	if (end != tmp + n || !(d > -9e18 && d < 9e18))
 		return -EBADMSG;
+	*out = (long)d;
 	c->p += n;
 	return 0;
 }
@@ -352,23 +356,6 @@ void cdn_cloudflare_judge(const char *json, size_t len, long status, struct cdn_
 
 /* --------------------------------------------------------------- request */
 
-static int json_esc(struct buf *out, const char *s)
-{
-	int rc = buf_addch(out, '"');
-
-	for (; *s && rc == 0; s++) {
-		unsigned char ch = (unsigned char)*s;
-
-		if (ch == '"' || ch == '\\')
-			rc = buf_addf(out, "\\%c", ch);
-		else if (ch < 0x20)
-			rc = buf_addf(out, "\\u%04x", ch);
-		else
-			rc = buf_addch(out, (char)ch);
-	}
-	return rc ? rc : buf_addch(out, '"');
-}
-
 int cdn_cloudflare_body(struct buf *out, enum cdn_batch_kind kind, char *const *items, size_t n)
 {
 	int rc;
@@ -380,7 +367,7 @@ int cdn_cloudflare_body(struct buf *out, enum cdn_batch_kind kind, char *const *
 		if (i)
 			rc = buf_addch(out, ',');
 		if (rc == 0)
-			rc = json_esc(out, items[i]);
+			rc = cdn_json_str(out, items[i]);
 	}
 	return rc ? rc : buf_addstr(out, "]}");
 }

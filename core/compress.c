@@ -3,15 +3,17 @@
  * descriptor (see include/compress.h).
  *
  * Every call allocates one input and one output buffer of COMPRESS_CHUNK
- * bytes plus the codec's own state, so memory is bounded whatever the file
+ * bytes plus the codec's own state (gzip: one deflate state per thread,
+ * kept for the thread's next file), so memory is bounded whatever the file
  * size.  read(2)/write(2) are retried on EINTR and short counts.
  * Decoding is strict: truncated input, bytes after the end of a brotli
  * stream, and anything the codec rejects are -EBADMSG.  A gzip file may hold
  * several members back to back (RFC 1952, as gunzip accepts); they are
  * decoded one after the other.
- * No shared state, no locking.
+ * No shared state, no locking (the deflate state is thread-specific).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -24,7 +26,9 @@
 #include "compress.h"
 
 #define COMPRESS_CHUNK ((size_t)64 << 10)
-#define GZIP_LEVEL 9      /* assets are compressed once and served many times */
+/* zlib's level 9 costs 2-3x the CPU of level 6 for well under 1% on css/js;
+ * on a busy deploy that CPU is taken from the uploads (bench/ANALYSIS.md). */
+#define GZIP_LEVEL 6
 #define GZIP_WBITS (15 + 16) /* 32 KiB window, gzip wrapper */
 #define GZIP_MEMLEVEL 8
 #define BR_QUALITY 9      /* 10-11 cost several times the CPU for ~2% */
@@ -152,16 +156,62 @@ static int gz_err(int zrc)
 	}
 }
 
+/* One deflate state per thread, reset between files: zlib's ~270 KiB state
+ * allocated and freed per file cost more than small files' compression
+ * (glibc hands the arena back to the kernel each time).  Freed when the
+ * thread exits. */
+static pthread_key_t gz_key;
+static pthread_once_t gz_once = PTHREAD_ONCE_INIT;
+static int gz_key_ok;
+
+static void gz_state_free(void *p)
+{
+	deflateEnd(p);
+	free(p);
+}
+
+static void gz_key_init(void)
+{
+	gz_key_ok = pthread_key_create(&gz_key, gz_state_free) == 0;
+}
+
+/* This thread's deflate state, reset for a new stream; NULL on failure
+ * (*zrc says why).  *owned is set when the caller must free it. */
+static z_stream *gz_state(int *zrc, int *owned)
+{
+	z_stream *zs;
+
+	pthread_once(&gz_once, gz_key_init);
+	*owned = 0;
+	zs = gz_key_ok ? pthread_getspecific(gz_key) : NULL;
+	if (zs) {
+		*zrc = deflateReset(zs);
+		return *zrc == Z_OK ? zs : NULL;
+	}
+	zs = calloc(1, sizeof(*zs));
+	if (!zs) {
+		*zrc = Z_MEM_ERROR;
+		return NULL;
+	}
+	*zrc = deflateInit2(zs, GZIP_LEVEL, Z_DEFLATED, GZIP_WBITS, GZIP_MEMLEVEL,
+			    Z_DEFAULT_STRATEGY);
+	if (*zrc != Z_OK) {
+		free(zs);
+		return NULL;
+	}
+	if (!gz_key_ok || pthread_setspecific(gz_key, zs) != 0)
+		*owned = 1;
+	return zs;
+}
+
 static int gz_compress(struct zio *z)
 {
-	z_stream zs;
-	int zrc = Z_OK, flush = Z_NO_FLUSH, rc;
+	z_stream *zs;
+	int zrc = Z_OK, flush = Z_NO_FLUSH, rc, owned;
 	ssize_t n;
 
-	memset(&zs, 0, sizeof(zs));
-	rc = deflateInit2(&zs, GZIP_LEVEL, Z_DEFLATED, GZIP_WBITS, GZIP_MEMLEVEL,
-			  Z_DEFAULT_STRATEGY);
-	if (rc != Z_OK)
+	zs = gz_state(&rc, &owned);
+	if (!zs)
 		return gz_err(rc);
 	rc = 0;
 	while (rc == 0 && zrc != Z_STREAM_END) {
@@ -171,25 +221,24 @@ static int gz_compress(struct zio *z)
 			break;
 		}
 		flush = (size_t)n < COMPRESS_CHUNK ? Z_FINISH : Z_NO_FLUSH;
-		zs.next_in = z->in;
-		zs.avail_in = (uInt)n;
+		zs->next_in = z->in;
+		zs->avail_in = (uInt)n;
 		do {
-			zs.next_out = z->out;
-			zs.avail_out = (uInt)COMPRESS_CHUNK;
-			zrc = deflate(&zs, flush);
+			zs->next_out = z->out;
+			zs->avail_out = (uInt)COMPRESS_CHUNK;
+			zrc = deflate(zs, flush);
 			if (zrc == Z_STREAM_ERROR) {
 				rc = -EIO;
 				break;
 			}
-			rc = emit(z, COMPRESS_CHUNK - zs.avail_out);
-		} while (rc == 0 && zs.avail_out == 0);
+			rc = emit(z, COMPRESS_CHUNK - zs->avail_out);
+		} while (rc == 0 && zs->avail_out == 0);
 	}
-	deflateEnd(&zs);
+	if (owned)
+		gz_state_free(zs);
 	return rc;
 }
 
-/* Run inflate over one chunk of input (already in zs); *ended tells whether
- * the last member is complete.  A new member after an ended one restarts. */
 static int gz_inflate_chunk(struct zio *z, z_stream *zs, int *ended)
 {
 	int zrc, rc = 0;

@@ -196,7 +196,7 @@ int attrcache_get(struct attrcache *ac, const char *key, const char *etag, uint6
 
 	pthread_mutex_lock(&ac->lock);
 	e = htab_get(ac->tab, key);
-	if (e && strcmp(e->etag, etag) == 0 && e->rsize == rsize) {
+	if (e && (!etag || (strcmp(e->etag, etag) == 0 && e->rsize == rsize))) {
 		*out = *e;
 		found = 1;
 	}

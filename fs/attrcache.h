@@ -27,6 +27,8 @@ struct attrcache;
 int attrcache_open(struct attrcache **out, const char *cache_dir) WUR;
 void attrcache_close(struct attrcache *ac);
 /* 1 and *out filled when key is cached with this etag and rsize; else 0. */
+/* The entry of key when it is for (etag, rsize); etag NULL: whatever it is
+ * for (the last version this cache saw).  1 found, 0 not. */
 int attrcache_get(struct attrcache *ac, const char *key, const char *etag, uint64_t rsize,
 		  struct ac_entry *out);
 void attrcache_put(struct attrcache *ac, const char *key, const struct ac_entry *e);

@@ -35,12 +35,14 @@ static const struct opt opts[] = {
 	{ "writeback_delay", K_DUR, O(writeback_delay), "settle time after close before upload (1)" },
 	{ "parallel", K_INT, O(parallel), "concurrent uploads (16)" },
 	{ "multipart_size", K_SIZE, O(multipart_size), "multipart part size (8M)" },
+	{ "copy_threshold", K_SIZE, O(copy_threshold), "renames above this copy in parts (5G)" },
 	{ "read_chunk", K_SIZE, O(read_chunk), "ranged GET size for reads (8M)" },
 	{ "read_ahead", K_INT, O(read_ahead), "chunks fetched ahead of a sequential reader (8)" },
 	{ "timeout", K_INT, O(timeout), "seconds without progress before a request is retried (30)" },
 	{ "log_level", K_LEVEL, O(log_level), "error, warn, info or debug (info)" },
 	{ "config", K_STR, O(config), "config file (default /etc/cdnfs/cdnfs.conf if present)" },
 	{ "insecure", K_FLAG, O(insecure), "do not verify TLS certificates (logged loudly)" },
+	{ "ca_file", K_STR, O(ca_file), "PEM CA bundle to verify TLS with (AWS_CA_BUNDLE)" },
 	{ "uid", K_INT, O(uid), "owner of objects without x-amz-meta-uid (mounting user)" },
 	{ "gid", K_INT, O(gid), "group of objects without x-amz-meta-gid" },
 	{ "umask", K_OCT, O(umask), "umask for objects without x-amz-meta-mode (022)" },
@@ -66,6 +68,7 @@ void conf_defaults(struct fs_conf *c)
 	c->writeback_delay = 1.0;
 	c->parallel = 16;
 	c->multipart_size = (uint64_t)8 << 20;
+	c->copy_threshold = (uint64_t)5 << 30;
 	c->read_chunk = (uint64_t)8 << 20;
 	c->read_ahead = 8;
 	c->timeout = 30;
@@ -222,6 +225,9 @@ static const char *check_bounds(const struct fs_conf *c, const struct opt *o)
 	if (o->off == O(multipart_size) &&
 	    (c->multipart_size < (5ULL << 20) || c->multipart_size > (5ULL << 30)))
 		return "must be 5M to 5G (S3's part size limits)";
+	if (o->off == O(copy_threshold) &&
+	    (c->copy_threshold < (5ULL << 20) || c->copy_threshold > (5ULL << 30)))
+		return "must be 5M to 5G (CopyObject's limit is 5G)";
 	if (o->off == O(read_chunk) && (c->read_chunk < 65536 || c->read_chunk > (1ULL << 30)))
 		return "must be 64K to 1G";
 	if (o->off == O(read_ahead) && c->read_ahead > 64)
@@ -318,6 +324,7 @@ int conf_from_env(struct fs_conf *c, struct buf *err)
 	static const char *const map[][2] = {
 		{ "AWS_S3_ENDPOINT_URL", "endpoint" },
 		{ "AWS_S3_REGION_NAME", "region" },
+		{ "AWS_CA_BUNDLE", "ca_file" },
 		{ "CDN_DISTRIBUTION_ID", "cdn_distribution_id" },
 		{ "CLOUDFLARE_ZONE_ID", "cdn_zone_id" },
 		{ "CDN_DOMAIN", "cdn_domain" },
@@ -353,4 +360,32 @@ const char *conf_help(void)
 					opts[i].help);
 	}
 	return text;
+}
+
+int conf_file_opt(void *arg, const char *section, const char *key, const char *value,
+		  struct buf *err)
+{
+	char name[96];
+
+	if (strcmp(section, "cdn") == 0 && strcmp(key, "provider") == 0)
+		key = "cdn";
+	else if (strcmp(section, "cdn") == 0 && !conf_known(key) &&
+		 snprintf(name, sizeof(name), "cdn_%s", key) < (int)sizeof(name) &&
+		 conf_known(name))
+		key = name;
+	return conf_set(arg, key, value, err);
+}
+
+int conf_in_list(const char *list, const char *name)
+{
+	size_t nl = strlen(name);
+
+	for (const char *p = list; p && *p;) {
+		size_t l = strcspn(p, ",");
+
+		if (l == nl && strncasecmp(p, name, nl) == 0)
+			return 1;
+		p += l + (p[l] == ',');
+	}
+	return 0;
 }

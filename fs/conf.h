@@ -18,6 +18,13 @@ int conf_known(const char *name);
 /* Set option name (value may be NULL for flags).  0, or -EINVAL with a
  * one-line message in err ("bad value 'x' for cache_size: ..."). */
 int conf_set(struct fs_conf *c, const char *name, const char *value, struct buf *err) WUR;
+/* rules_load's option callback (arg: struct fs_conf *): the config file's
+ * [s3], [mount] and [cdn] keys are -o options; in [cdn], "provider" is cdn=
+ * and "distribution_id" is cdn_distribution_id=. */
+int conf_file_opt(void *arg, const char *section, const char *key, const char *value,
+		  struct buf *err) WUR;
+/* Is name in the comma-separated list (case-insensitive)? */
+int conf_in_list(const char *list, const char *name);
 /* Environment variables (AWS_S3_ENDPOINT_URL, AWS_S3_REGION_NAME ...). */
 int conf_from_env(struct fs_conf *c, struct buf *err) WUR;
 /* "BUCKET[:PREFIX]" -> bucket, prefix ("" or "a/b/"). */

@@ -50,12 +50,14 @@ struct fs_conf {
 	double writeback_delay;
 	int parallel;          /* upload workers */
 	uint64_t multipart_size;
+	uint64_t copy_threshold;  /* server-side copies above this use UploadPartCopy */
 	uint64_t read_chunk;
 	int read_ahead;        /* chunks */
 	long timeout;
 	int ro;
 	int allow_other;
 	int insecure;
+	char *ca_file;         /* PEM CA bundle for TLS (AWS_CA_BUNDLE) */
 	int foreground;
 	int log_level;
 	char *config;

@@ -29,6 +29,7 @@
 #include "log.h"
 #include "ops.h"
 #include "rules.h"
+#include "verify.h"
 #include "wb.h"
 #include "wq.h"
 
@@ -70,6 +71,8 @@ static void usage(FILE *f)
 		"       cdnfs --explain=KEY [-o config=FILE]\n"
 		"       cdnfs flush MOUNTPOINT     wait until S3 and the CDN have everything\n"
 		"       cdnfs status MOUNTPOINT    the status JSON\n"
+"       cdnfs verify [-v] [-o opt,...] MOUNTPOINT [PATH...]\n"
+"                                  fetch the files' URLs, check their headers\n"
 		"       cdnfs --help | --version\n\n"
 		"Mount an S3 bucket for CDN-served assets.  Unmount with fusermount3 -u.\n\n"
 		"    -f                     stay in the foreground, log to stderr\n"
@@ -137,23 +140,6 @@ static int opt_proc(void *data, const char *arg, int key, struct fuse_args *out)
 	}
 }
 
-/* Config file options: [s3], [mount] and [cdn] keys are -o options. */
-static int config_opt(void *arg, const char *section, const char *key, const char *value,
-		      struct buf *err)
-{
-	struct fs_conf *c = arg;
-	char name[96];
-
-	/* in [cdn], "provider" is cdn= and "distribution_id" is cdn_distribution_id= */
-	if (strcmp(section, "cdn") == 0 && strcmp(key, "provider") == 0)
-		key = "cdn";
-	else if (strcmp(section, "cdn") == 0 && !conf_known(key) &&
-		 snprintf(name, sizeof(name), "cdn_%s", key) < (int)sizeof(name) &&
-		 conf_known(name))
-		key = name;
-	return conf_set(c, key, value, err);
-}
-
 static int die(const char *fmt, const char *a, const char *b)
 {
 	fprintf(stderr, "cdnfs: ");
@@ -178,7 +164,7 @@ static int configure(struct fs *fs, struct cmdline *cl)
 		config = "/etc/cdnfs/cdnfs.conf";
 	rc = conf_from_env(&fs->conf, &err);
 	if (rc == 0)
-		rc = rules_load(&fs->rules, config, config_opt, &fs->conf, &err);
+		rc = rules_load(&fs->rules, config, conf_file_opt, &fs->conf, &err);
 	for (size_t i = 0; rc == 0 && i < cl->n; i++)
 		rc = conf_set(&fs->conf, cl->names[i], cl->values[i], &err);
 	if (rc == 0 && !cl->spec && getenv("AWS_STORAGE_BUCKET_NAME"))
@@ -281,7 +267,8 @@ static int setup_cache_dir(struct fs *fs)
 
 static int connect_s3(struct fs *fs)
 {
-	struct http_conf hc = { .timeout_s = fs->conf.timeout, .insecure = fs->conf.insecure };
+	struct http_conf hc = { .timeout_s = fs->conf.timeout, .insecure = fs->conf.insecure,
+				.ca_file = fs->conf.ca_file };
 	struct s3_conf sc = { fs->conf.endpoint, fs->conf.region, fs->conf.bucket,
 			      fs->conf.path_style };
 	char region[64];
@@ -505,6 +492,10 @@ int main(int argc, char *argv[])
 	if (argc == 3 && (strcmp(argv[1], "flush") == 0 || strcmp(argv[1], "status") == 0) &&
 	    is_cdnfs_mount(argv[2]))
 		return subcommand(argv[1], argv[2]);
+	rc = verify_command(argc, argv);
+	if (rc >= 0)
+		return rc;
+	rc = 1;
 	g_fs = fs;
 	pthread_mutex_init(&fs->lock, NULL);
 	pthread_cond_init(&fs->cond, NULL);

@@ -33,6 +33,8 @@
 #include "wq.h"
 
 #define RECURSIVE_PAGES 5
+#define LIST_MAX_PAGES 100000
+#define LIST_MAX_EMPTY 16 /* consecutive truncated pages without a name */
 #define HEAD_MAX_PARALLEL 16
 
 /* Listing results gathered without the lock. */
@@ -51,12 +53,47 @@ static void listing_release(struct listing *l)
 	memset(l, 0, sizeof(*l));
 }
 
+/* The last name of a page in listing order (keys and prefixes are each
+ * sorted), or NULL for a page without any. */
+static const char *page_high(const struct s3_list_page *p)
+{
+	const char *k = p->nentries ? p->entries[p->nentries - 1].key : NULL;
+	const char *c = p->nprefixes ? p->prefixes[p->nprefixes - 1] : NULL;
+
+	if (!k || (c && strcmp(c, k) > 0))
+		return c;
+	return k;
+}
+
+/* A truncated page must move the listing on: its names come after the
+ * previous page's (S3 lists in key order), and a server may send a few
+ * empty pages but not an endless run of them.  A server that answers the
+ * same page (same or new token) forever would otherwise keep us listing. */
+static int page_progress(const struct s3_list_page *p, const char **high, int *empty,
+			 const char *prefix)
+{
+	const char *h = page_high(p);
+
+	if (!h) {
+		if (++*empty <= LIST_MAX_EMPTY)
+			return 0;
+	} else if (!*high || strcmp(h, *high) > 0) {
+		*high = h;
+		*empty = 0;
+		return 0;
+	}
+	log_warn("listing of '%s' does not advance (the server repeats a page): stopped",
+		 prefix);
+	return -EIO;
+}
+
 /* Fetch up to max_pages pages (0: all).  Unlocked. */
 static int fetch_listing(struct fs *fs, const char *prefix, int recursive, int max_pages,
 			 struct listing *l)
 {
 	char *token = NULL;
-	int rc = 0;
+	const char *high = NULL;
+	int rc = 0, empty = 0;
 
 	memset(l, 0, sizeof(*l));
 	l->recursive = recursive;
@@ -81,10 +118,15 @@ static int fetch_listing(struct fs *fs, const char *prefix, int recursive, int m
 			l->complete = 1;
 			break;
 		}
-		if (l->npages > 100000) { /* a listing that never ends */
+		if (l->npages > LIST_MAX_PAGES) { /* a listing that never ends */
+			log_warn("listing of '%s' exceeds %d pages: stopped", prefix,
+				 LIST_MAX_PAGES);
 			rc = -EIO;
 			break;
 		}
+		rc = page_progress(p, &high, &empty, prefix);
+		if (rc < 0)
+			break;
 		token = p->next_token;
 	}
 	return rc;
@@ -132,6 +174,21 @@ static void merge_marker(struct fs *fs, struct node *n, const struct s3_entry *e
 	}
 }
 
+/* Every segment of rel is a file name ("x/" markers end in one '/'), so a
+ * key like "a//b" or "a/../b" adds nothing at all, not even "a". */
+static int valid_rel(const char *rel)
+{
+	for (const char *p = rel;;) {
+		size_t len = strcspn(p, "/");
+
+		if (!valid_name(p, len))
+			return 0;
+		if (p[len] == '\0' || p[len + 1] == '\0')
+			return 1;
+		p += len + 1;
+	}
+}
+
 /* Merge one object entry at rel path (relative to dir, may contain '/'). */
 static void merge_entry(struct fs *fs, struct node *dir, const char *rel,
 			const struct s3_entry *e, const char *fullkey, double now)
@@ -141,12 +198,15 @@ static void merge_entry(struct fs *fs, struct node *dir, const char *rel,
 	const char *p = rel;
 	char comp[256];
 
+	if (!valid_rel(rel)) {
+		log_debug("skipping key '%s': not a valid file name", fullkey);
+		return;
+	}
 	for (;;) {
 		size_t len = strcspn(p, "/");
 
 		if (!valid_name(p, len)) {
-			if (len)
-				log_debug("skipping key '%s': not a valid file name", fullkey);
+			log_debug("skipping key '%s': not a valid file name", fullkey);
 			return;
 		}
 		memcpy(comp, p, len);
@@ -288,9 +348,12 @@ static void merge_listing(struct fs *fs, struct node *dir, const char *prefix,
 			size_t kl = k ? strlen(k) : 0;
 			struct node *n;
 
-			if (kl <= plen + 1 || strncmp(k, prefix, plen) != 0 || k[kl - 1] != '/' ||
-			    !valid_name(k + plen, kl - plen - 1))
+			if (kl <= plen + 1 || strncmp(k, prefix, plen) != 0 || k[kl - 1] != '/')
 				continue;
+			if (!valid_name(k + plen, kl - plen - 1)) {
+				log_debug("skipping prefix '%s': not a valid file name", k);
+				continue;
+			}
 			{
 				char name[256];
 
@@ -495,7 +558,11 @@ int meta_ensure_listed(struct fs *fs, struct node *dir, int with_attrs)
 	return rc;
 }
 
-static int resolve_once(struct fs *fs, const char *path, struct node **out, int *again)
+/* One walk of path; *again when a listing dropped the lock.  A directory
+ * listed since t0 (by this resolve) counts as fresh, so a stat_ttl shorter
+ * than a listing (stat_ttl=0: always list) cannot make the walk loop. */
+static int resolve_once(struct fs *fs, const char *path, double t0, struct node **out,
+			int *again)
 {
 	struct node *n = fs->root;
 	const char *p = path;
@@ -518,7 +585,7 @@ static int resolve_once(struct fs *fs, const char *path, struct node **out, int 
 		memcpy(comp, p, len);
 		comp[len] = '\0';
 		c = tree_child(n, comp);
-		if (!fresh(fs, n) && !(c && c->job)) {
+		if (!fresh(fs, n) && n->listed < t0 && !(c && c->job)) {
 			int rc = meta_ensure_listed(fs, n, 0);
 
 			if (rc < 0)
@@ -537,10 +604,11 @@ static int resolve_once(struct fs *fs, const char *path, struct node **out, int 
 
 int meta_resolve(struct fs *fs, const char *path, struct node **out)
 {
+	double t0 = fs_now();
 	int again, rc;
 
 	for (int i = 0; i < 64; i++) {
-		rc = resolve_once(fs, path, out, &again);
+		rc = resolve_once(fs, path, t0, out, &again);
 		if (rc < 0 || !again)
 			break;
 	}

@@ -467,15 +467,12 @@ static int stage_for_write(struct fs *fs, const char *path, struct node *n, int 
 	return rc;
 }
 
-static int open_write_now(struct fs *fs, const char *path, int flags, struct ofile *of)
+static int open_write_node(struct fs *fs, const char *path, struct node *n, int flags,
+			   struct ofile *of)
 {
-	struct node *n;
 	struct wb_job *j = NULL;
-	int rc;
+	int rc = n->kids ? -EISDIR : 0;
 
-	rc = resolve_idle(fs, path, &n);
-	if (rc == 0 && n->kids)
-		rc = -EISDIR;
 	if (rc == 0)
 		rc = stage_for_write(fs, path, n, (flags & O_TRUNC) != 0, &j);
 	if (rc < 0)
@@ -488,12 +485,22 @@ static int open_write_now(struct fs *fs, const char *path, int flags, struct ofi
 			j->node->a.size = 0;
 		of->dirty = 1;
 		j->gen++;
+		j->werr = 0; /* whatever failed before is gone */
+		wb_truncated(fs->wb, j, 0);
 	}
 	of->job = j;
 	of->writable = 1;
 	wb_ref(j);
 	j->writers++;
 	return 0;
+}
+
+static int open_write_now(struct fs *fs, const char *path, int flags, struct ofile *of)
+{
+	struct node *n;
+	int rc = resolve_idle(fs, path, &n);
+
+	return rc < 0 ? rc : open_write_node(fs, path, n, flags, of);
 }
 
 /* Open for writing.  An uploaded file opened without O_TRUNC is staged only
@@ -650,7 +657,9 @@ static int op_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 	n->a.uid = fc->uid;
 	n->a.gid = fc->gid;
 	n->known = 1;
-	rc = open_write(fs, path, O_RDWR | O_TRUNC, of);
+	/* this node, not a fresh lookup: with stat_ttl=0 a lookup lists the
+	 * directory again, and that drops a name with no object and no job */
+	rc = open_write_node(fs, path, n, O_RDWR | O_TRUNC, of);
 	if (rc < 0 && (n = tree_find(fs, path)) && !n->job)
 		tree_remove(n);
 out:
@@ -699,8 +708,14 @@ static int op_write(const char *path, const char *buf, size_t size, off_t off,
 			return rc;
 	}
 	n = pwrite(of->fd, buf, size, off);
-	if (n < 0)
-		return n == -1 && errno == ENOSPC ? -ENOSPC : -errno;
+	if (n < 0) {
+		int err = -errno;
+
+		LOCK(fs); /* the staged copy now misses bytes the writer meant */
+		wb_write_failed(fs->wb, of->job, err);
+		UNLOCK(fs);
+		return err;
+	}
 	LOCK(fs);
 	of->dirty = 1;
 	of->job->gen++;
@@ -710,7 +725,9 @@ static int op_write(const char *path, const char *buf, size_t size, off_t off,
 		if ((uint64_t)off + (uint64_t)n > nd->a.size)
 			nd->a.size = (uint64_t)off + (uint64_t)n;
 		clock_gettime(CLOCK_REALTIME, &nd->a.mtime);
+		of->job->wmtime = nd->a.mtime;
 	}
+	wb_written(fs->wb, of->job, (uint64_t)off, (uint64_t)n);
 	UNLOCK(fs);
 	return (int)n;
 }
@@ -749,6 +766,9 @@ static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 		rc = -errno;
 	LOCK(fs);
 	if (rc == 0 && of->job) {
+		if (size == 0)
+			of->job->werr = 0; /* whatever failed before is gone */
+		wb_truncated(fs->wb, of->job, (uint64_t)size);
 		if (of->job->node) {
 			of->job->node->a.size = (uint64_t)size;
 			clock_gettime(CLOCK_REALTIME, &of->job->node->a.mtime);
@@ -811,11 +831,31 @@ static int op_fsync(const char *path, int datasync, struct fuse_file_info *fi)
 	return rc;
 }
 
+/* Uploads happen after close; fsync is the barrier.  close() reports only a
+ * failed write to the staged copy (ENOSPC): that file will not be uploaded.
+ * Every other close journals the file (see below). */
 static int op_flush(const char *path, struct fuse_file_info *fi)
 {
+	struct fs *fs = ctx_fs();
+	struct ofile *of = (struct ofile *)(uintptr_t)fi->fh;
+	struct stat sb;
+	int rc = 0;
+
 	(void)path;
-	(void)fi;
-	return 0; /* uploads happen after close; fsync is the barrier */
+	if (of && of->writable && !of->lazy && of->job) {
+		int have = fstat(of->fd, &sb) == 0;
+
+		LOCK(fs);
+		rc = of->job->werr;
+		if (have && of->job->node)
+			of->job->node->a.size = (uint64_t)sb.st_size;
+		/* close() returns after FLUSH, the kernel sends RELEASE later
+		 * without waiting: journal now, or a kill -9 in between would
+		 * lose a file whose close() had returned */
+		wb_journal_now(fs->wb, of->job);
+		UNLOCK(fs);
+	}
+	return rc;
 }
 
 /* --- rename ---------------------------------------------------------------------- */
@@ -826,6 +866,7 @@ static int op_flush(const char *path, struct fuse_file_info *fi)
 static int rename_remote(struct fs *fs, const char *from, const char *to)
 {
 	struct node *n, *dir, *old_parent;
+	struct wb_job *dj;
 	const char *name;
 	struct buf fk, tk;
 	struct fattr a;
@@ -843,11 +884,29 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 	}
 	if (rc < 0)
 		goto out;
+	/* a pending DELETE of the destination (unlinked a moment ago) must
+	 * neither run during the copy nor after it */
+	dj = wb_find(fs->wb, buf_str(&tk));
+	if (dj && dj->running) {
+		wb_wait_idle(fs->wb, dj);
+		rc = -EAGAIN; /* the lock was dropped: start again */
+		goto out;
+	}
+	if (dj) {
+		wb_ref(dj);
+		dj->writers++; /* not due while we copy */
+	}
 	UNLOCK(fs);
 	rc = wb_server_copy(fs->wb, buf_str(&fk), buf_str(&tk), &a, etag, &rsize, &compressed);
 	if (rc == 0)
 		rc = s3_delete(fs->s3, buf_str(&fk));
 	LOCK(fs);
+	if (dj) {
+		dj->writers--;
+		if (rc == 0 && !dj->cancelled && dj->kind == WB_DELETE)
+			wb_cancel(fs->wb, dj);
+		wb_unref(fs->wb, dj);
+	}
 	if (rc < 0) {
 		log_error("cannot rename '%s' to '%s': %s", buf_str(&fk), buf_str(&tk),
 			  strerror(-rc));

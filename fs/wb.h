@@ -55,6 +55,16 @@ struct wb_job {
 	char up_etag[S3_ETAG_MAX]; /* an upload done while writers were open (fsync) */
 	uint64_t up_rsize;
 	int up_compressed;
+	int werr;             /* -errno of a failed write to the staged copy: that
+			       * copy is incomplete and is never uploaded (nor
+			       * journaled) until truncated to 0 or removed */
+	uint64_t wend;        /* end of the last write (sequential writers) */
+	struct timespec wmtime; /* the mtime that write gave the file */
+	int nonseq;           /* not written sequentially from 0: no streaming */
+	struct wb_stream *stream; /* parts sent while the file is written */
+	int journaled;        /* SEQ.job exists: rewritten in place */
+	size_t jlen;          /* its length */
+	uint64_t jsum;        /* hash of its text: an unchanged entry is not rewritten */
 };
 
 struct wb;
@@ -70,6 +80,18 @@ void wb_free(struct wb *wb);
 /* Replay the journal into the tree (at mount, before FUSE starts).  Unlocked. */
 int wb_recover(struct wb *wb) WUR;
 
+/* A write to j's staged copy failed with err (ENOSPC, EIO): drop its journal
+ * entry and hold it back; close, fsync and flush report err.  Locked. */
+void wb_write_failed(struct wb *wb, struct wb_job *j, int err);
+
+/* n bytes were written at off to j's staged copy (open for writing).  A
+ * sequential writer's full parts start going up as a multipart upload
+ * before close.  Locked. */
+void wb_written(struct wb *wb, struct wb_job *j, uint64_t off, uint64_t n);
+/* j's staged copy was truncated to size (0: a sequential writer may start
+ * again); a streaming upload in progress is given up.  Locked. */
+void wb_truncated(struct wb *wb, struct wb_job *j, uint64_t size);
+
 /* The job for key, or NULL. */
 struct wb_job *wb_find(struct wb *wb, const char *key);
 /* New PUT job for node n at key; creates an empty data file when with_data.
@@ -83,6 +105,8 @@ int wb_delete(struct wb *wb, const char *key) WUR;
 /* A writer closed j: the job becomes due (or completes at once when an
  * fsync already uploaded exactly this version). */
 void wb_close_writer(struct wb *wb, struct wb_job *j);
+/* close() returned: journal j as it stands, even with writers open. Locked. */
+void wb_journal_now(struct wb *wb, struct wb_job *j);
 /* A change happened: bump gen, push due, rewrite the journal. */
 void wb_touch(struct wb *wb, struct wb_job *j);
 /* Drop the job (file removed before upload): data and journal deleted. */

@@ -25,6 +25,7 @@
 #include "compat.h"
 
 struct http;
+struct http_resp;
 
 struct http_conf {
 	long connect_timeout_ms; /* 0: 5000 */
@@ -32,6 +33,7 @@ struct http_conf {
 	int max_retries;         /* retries after the first attempt; <0: none, 0: default 5 */
 	long retry_base_ms;      /* first backoff; 0: 100 */
 	int insecure;            /* skip TLS verification (logged loudly by the caller) */
+	const char *ca_file;     /* PEM CA bundle to verify TLS peers with (copied); NULL: the system's */
 	int max_handles;         /* pool size; 0: 64 */
 };
 
@@ -70,6 +72,14 @@ struct http_req {
 	int sink_fd;
 	uint64_t sink_off;
 	size_t max_body;             /* cap for resp->body; 0: 16 MiB */
+
+	/* HTTP_SINK_FD: checks of a 2xx answer, called with done 0 once its
+	 * status and headers are in (before its first body byte is written),
+	 * then with done 1 after the whole body was (resp->sink_written
+	 * bytes).  A -errno from it fails the attempt and the attempt is
+	 * retried like a broken transfer.  May be NULL. */
+	int (*sink_check)(void *arg, const struct http_resp *resp, int done);
+	void *sink_check_arg;
 
 	int no_retry;                /* a single attempt */
 	long timeout_s;              /* override conf timeout_s for this request if > 0 */

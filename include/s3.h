@@ -67,6 +67,8 @@ int s3_list(struct s3 *s, const char *prefix, const char *delimiter, const char 
 
 /* HeadObject.  -ENOENT when absent.  out is released by the caller. */
 int s3_head(struct s3 *s, const char *key, struct s3_obj *out) WUR;
+/* hex md5 of fd[off, off+len) (a single-part upload's ETag) into out[33]. */
+int s3_md5_hex(int fd, uint64_t off, uint64_t len, char out[33]) WUR;
 
 struct s3_get_req {
 	uint64_t off, len;           /* len 0: to the end */

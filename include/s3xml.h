@@ -66,6 +66,19 @@ int s3xml_parse_error(const char *xml, size_t len, char **code, char **message) 
  * 0 or -EBADMSG. */
 int s3xml_parse_upload_id(const char *xml, size_t len, char **upload_id) WUR;
 
+/* One in-progress multipart upload of a ListMultipartUploadsResult. */
+struct s3_upload {
+	char *upload_id;
+	struct timespec initiated;  /* 0 when absent */
+};
+
+/* ListMultipartUploadsResult (asked without encoding-type): the uploads
+ * whose Key is exactly key, malloc'd into *out (*n of them; NULL, 0 when
+ * none).  0, -EBADMSG or -ENOMEM; release with s3xml_uploads_release. */
+int s3xml_parse_uploads(const char *xml, size_t len, const char *key, struct s3_upload **out,
+			size_t *n) WUR;
+void s3xml_uploads_release(struct s3_upload *u, size_t n);
+
 /* CopyObjectResult / CompleteMultipartUploadResult / CopyPartResult: these
  * can carry an <Error> under HTTP 200.  Returns 0 and sets *etag (unquoted,
  * malloc'd) on success; returns -EIO and sets *err_code (malloc'd, "" when

@@ -13,6 +13,9 @@
  * min(8 s, base * 2^attempt).  The sign callback runs on every attempt so
  * each carries a fresh date and signature.  A body read from an fd is
  * re-read from its offset; a body sunk to an fd is re-written from its offset.
+ * A sunk body is checked by the caller's sink_check before its first byte is
+ * written (status, Content-Range ...) and after its last (a digest); an
+ * answer that fails a check is treated as a broken transfer and retried.
  */
 #include <curl/curl.h>
 #include <errno.h>
@@ -35,6 +38,7 @@ struct conn {
 
 struct http {
 	struct http_conf conf;
+	char *ca_file;        /* conf.ca_file, owned */
 	pthread_mutex_t lock; /* protects free, nfree, nlive */
 	pthread_cond_t cond;  /* signalled when a handle is returned */
 	struct conn **free;
@@ -51,6 +55,8 @@ struct xfer {
 	uint64_t body_sent;
 	size_t max_body;
 	int sink_err; /* -errno from a failed pwrite, or -E2BIG */
+	int checked;  /* req->sink_check ran on the head of this answer */
+	int bad;      /* -errno from req->sink_check: retried */
 };
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
@@ -82,7 +88,11 @@ int http_new(struct http **out, const struct http_conf *conf)
 	if (h->conf.max_handles <= 0)
 		h->conf.max_handles = 64;
 	h->free = calloc((size_t)h->conf.max_handles, sizeof(*h->free));
-	if (!h->free) {
+	h->ca_file = conf->ca_file ? strdup(conf->ca_file) : NULL;
+	h->conf.ca_file = h->ca_file;
+	if (!h->free || (conf->ca_file && !h->ca_file)) {
+		free(h->free);
+		free(h->ca_file);
 		free(h);
 		return -ENOMEM;
 	}
@@ -101,6 +111,7 @@ void http_free(struct http *h)
 		free(h->free[i]);
 	}
 	free(h->free);
+	free(h->ca_file);
 	pthread_mutex_destroy(&h->lock);
 	pthread_cond_destroy(&h->cond);
 	free(h);
@@ -201,6 +212,21 @@ static int status_is_2xx(CURL *easy)
 	return code >= 200 && code < 300;
 }
 
+/* The caller's check of a sunk answer's head, once per attempt. */
+static int sink_head_ok(struct xfer *x)
+{
+	int rc;
+
+	if (x->checked || !x->req->sink_check)
+		return 1;
+	x->checked = 1;
+	curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->resp->status);
+	rc = x->req->sink_check(x->req->sink_check_arg, x->resp, 0);
+	if (rc < 0)
+		x->bad = rc;
+	return rc >= 0;
+}
+
 static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *arg)
 {
 	struct xfer *x = arg;
@@ -208,6 +234,9 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *arg)
 
 	if (x->req->sink_kind == HTTP_SINK_FD && status_is_2xx(x->easy)) {
 		size_t done = 0;
+
+		if (!sink_head_ok(x))
+			return 0;
 
 		while (done < n) {
 			ssize_t w = pwrite(x->req->sink_fd, ptr + done, n - done,
@@ -466,6 +495,8 @@ static void setup_easy(struct http *h, CURL *e, struct xfer *x, struct curl_slis
 	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
 	curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
 	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	if (h->ca_file)
+		curl_easy_setopt(e, CURLOPT_CAINFO, h->ca_file);
 	if (h->conf.insecure) {
 		curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
 		curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
@@ -529,6 +560,20 @@ static int attempt_once(struct http *h, struct conn *c, const struct http_req *r
 	count_method(h, req->method);
 	cc = curl_easy_perform(c->easy);
 	curl_slist_free_all(hl);
+	if (cc == CURLE_OK && req->sink_kind == HTTP_SINK_FD && req->sink_check &&
+	    status_is_2xx(c->easy) && sink_head_ok(&x)) {
+		int r = req->sink_check(req->sink_check_arg, resp, 1);
+
+		if (r < 0)
+			x.bad = r;
+	}
+	if (x.bad) {
+		snprintf(resp->errmsg, sizeof(resp->errmsg), "damaged answer: %s",
+			 strerror(-x.bad));
+		resp->status = 0;
+		*retry = 1;
+		return -EIO;
+	}
 	if (x.sink_err) {
 		snprintf(resp->errmsg, sizeof(resp->errmsg), "%s", strerror(-x.sink_err));
 		return x.sink_err;

@@ -10,6 +10,12 @@
  * sign_cb.  Bodies are sent with UNSIGNED-PAYLOAD plus a signed Content-MD5,
  * so a file is read once for its digest and once for sending, never held in
  * memory.
+ *
+ * GET answers are checked before they reach the caller's file (status,
+ * Content-Range, Content-Length, ETag against If-Match) and after (the MD5
+ * of a whole object whose ETag is one); a damaged answer is retried by
+ * http_do like a broken transfer, then -EIO.  A retried
+ * CreateMultipartUpload aborts the uploads its lost answers may have made.
  */
 #include <errno.h>
 #include <openssl/evp.h>
@@ -25,6 +31,9 @@
 
 #define CALL_MAX_Q 8
 #define CALL_MAX_H 48
+/* Seconds the server's clock may be behind ours when telling the uploads a
+ * retried CreateMultipartUpload made from older ones. */
+#define MPU_CLOCK_SLACK 60
 
 struct s3 {
 	struct http *http;
@@ -34,6 +43,9 @@ struct s3 {
 	char *scheme;  /* "http" or "https" */
 	char *host;    /* host[:port] as signed and sent */
 	int path_style;
+	/* the last transport error's text ("SSL certificate problem: ..."),
+	 * for the one-line start-up error; racy by design, read only there */
+	char last_err[256];
 };
 
 struct s3_call {
@@ -264,6 +276,7 @@ static int call_result(struct s3_call *c, int rc, const struct http_resp *resp)
 
 	if (rc < 0) {
 		log_debug("%s '%s': %s", c->method, c->key, resp->errmsg);
+		snprintf(c->s->last_err, sizeof(c->s->last_err), "%s", resp->errmsg);
 		return rc;
 	}
 	if (resp->status >= 200 && resp->status < 300)
@@ -366,7 +379,8 @@ int s3_check_bucket(struct s3 *s, struct buf *err)
 		break;
 	default:
 		rc = buf_addf(err, "cannot reach bucket '%s' at %s://%s: %s", s->bucket,
-			      s->scheme, s->host, strerror(-rc)) ?: rc;
+			      s->scheme, s->host,
+			      s->last_err[0] ? s->last_err : strerror(-rc)) ?: rc;
 	}
 	return rc;
 }
@@ -425,12 +439,150 @@ int s3_head(struct s3 *s, const char *key, struct s3_obj *out)
 	return rc;
 }
 
+/* md5(fd[off, off+len)) into md. */
+static int md5_fd(int fd, uint64_t off, uint64_t len, unsigned char md[16])
+{
+	unsigned char chunk[65536];
+	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+	int rc = 0;
+
+	if (!ctx || !EVP_DigestInit_ex(ctx, EVP_md5(), NULL)) {
+		rc = -ENOMEM;
+		goto out;
+	}
+	while (len > 0) {
+		size_t want = len > sizeof(chunk) ? sizeof(chunk) : (size_t)len;
+		ssize_t n = pread(fd, chunk, want, (off_t)off);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0) {
+			rc = n < 0 ? -errno : -EIO; /* the file shrank under us */
+			goto out;
+		}
+		EVP_DigestUpdate(ctx, chunk, (size_t)n);
+		off += (uint64_t)n;
+		len -= (uint64_t)n;
+	}
+	EVP_DigestFinal_ex(ctx, md, NULL);
+out:
+	EVP_MD_CTX_free(ctx);
+	return rc;
+}
+
+/* What a GET must get back, checked before its body reaches the file and
+ * after (http_req.sink_check): a damaged answer is retried, never cached. */
+struct get_check {
+	const struct s3_get_req *g;
+	const char *key;
+};
+
+/* "bytes A-B/T" -> a, b, t. */
+static int parse_content_range(const char *v, uint64_t *a, uint64_t *b, uint64_t *t)
+{
+	unsigned long long x, y, z;
+	int n = 0;
+
+	if (!v || sscanf(v, "bytes %llu-%llu/%llu%n", &x, &y, &z, &n) < 3 || v[n] ||
+	    x > y || y >= z)
+		return -EBADMSG;
+	*a = x;
+	*b = y;
+	*t = z;
+	return 0;
+}
+
+/* The head: status, Content-Range and Content-Length of the range asked
+ * for, and the ETag asked for (If-Match). */
+static int get_check_head(const struct get_check *k, const struct http_resp *resp)
+{
+	const struct s3_get_req *g = k->g;
+	const char *cl = http_resp_header(resp, "content-length");
+	const char *et = http_resp_header(resp, "etag");
+	uint64_t a = 0, b = 0, t = 0, n = 0;
+	int rc = 0;
+
+	if (g->ranged && resp->status == 206) {
+		rc = parse_content_range(http_resp_header(resp, "content-range"), &a, &b, &t);
+		if (rc == 0 && g->len && g->off + g->len < t)
+			t = g->off + g->len; /* the end asked for, unless past the object's */
+		if (rc == 0 && (a != g->off || b != t - 1))
+			rc = -EBADMSG; /* another range than the one asked for */
+		n = b - a + 1;
+	} else if (resp->status == 200 && (!g->ranged || g->off == 0)) {
+		n = cl ? strtoull(cl, NULL, 10) : 0;
+		if (g->ranged && g->len && n > g->len)
+			rc = -EBADMSG; /* the whole object, not the range */
+	} else {
+		rc = -EBADMSG;
+	}
+	if (rc == 0 && cl && strtoull(cl, NULL, 10) != n)
+		rc = -EBADMSG;
+	if (rc == 0 && g->if_match && et) {
+		size_t il = strlen(g->if_match);
+
+		et += *et == '"';
+		if (strncmp(et, g->if_match, il) != 0 || (et[il] && et[il] != '"'))
+			rc = -EBADMSG; /* If-Match ignored: another version */
+	}
+	if (rc < 0)
+		log_warn("GET '%s': answer does not match the request (HTTP %ld, %s)", k->key,
+			 resp->status, http_resp_header(resp, "content-range") ?: "no range");
+	return rc;
+}
+
+/* A plain MD5 ETag (32 hex digits: single-part upload, no SSE-KMS/SSE-C)
+ * into md; 0 when the ETag is something else. */
+static int etag_md5(const struct http_resp *resp, unsigned char md[16])
+{
+	const char *et = http_resp_header(resp, "etag");
+	const char *sse = http_resp_header(resp, "x-amz-server-side-encryption");
+
+	if (!et || (sse && strcmp(sse, "AES256") != 0) ||
+	    http_resp_header(resp, "x-amz-server-side-encryption-customer-algorithm"))
+		return 0;
+	et += *et == '"';
+	if (strspn(et, "0123456789abcdefABCDEF") != 32 || (et[32] && et[32] != '"'))
+		return 0;
+	for (int i = 0; i < 16; i++) {
+		unsigned int v;
+
+		if (sscanf(et + 2 * i, "%2x", &v) != 1)
+			return 0;
+		md[i] = (unsigned char)v;
+	}
+	return 1;
+}
+
+/* After the body: the MD5 of a whole object whose ETag is one. */
+static int get_check_body(const struct get_check *k, const struct http_resp *resp)
+{
+	unsigned char want[16], got[16];
+	int rc;
+
+	if (resp->status != 200 || k->g->ranged || !etag_md5(resp, want))
+		return 0;
+	rc = md5_fd(k->g->fd, k->g->fd_off, resp->sink_written, got);
+	if (rc == 0 && memcmp(want, got, sizeof(got)) != 0) {
+		log_warn("GET '%s': body does not match its ETag (md5): damaged on the way",
+			 k->key);
+		rc = -EBADMSG;
+	}
+	return rc;
+}
+
+static int get_check_cb(void *arg, const struct http_resp *resp, int done)
+{
+	return done ? get_check_body(arg, resp) : get_check_head(arg, resp);
+}
+
 int s3_get(struct s3 *s, const char *key, const struct s3_get_req *g, struct s3_obj *hdrs,
 	   uint64_t *got)
 {
 	struct s3_call c;
 	struct http_req hr = { 0 };
 	struct http_resp resp;
+	struct get_check chk = { g, key };
 	char range[64], inm[S3_ETAG_MAX + 3], im[S3_ETAG_MAX + 3];
 	int rc;
 
@@ -459,6 +611,8 @@ int s3_get(struct s3 *s, const char *key, const struct s3_get_req *g, struct s3_
 	hr.sink_kind = HTTP_SINK_FD;
 	hr.sink_fd = g->fd;
 	hr.sink_off = g->fd_off;
+	hr.sink_check = get_check_cb;
+	hr.sink_check_arg = &chk;
 	rc = call_send(&c, &hr, &resp);
 	if (rc == 0 && resp.status == 304) {
 		rc = 1;
@@ -484,36 +638,24 @@ out:
 	return rc;
 }
 
+int s3_md5_hex(int fd, uint64_t off, uint64_t len, char out[33])
+{
+	unsigned char md[16];
+	int rc = md5_fd(fd, off, len, md);
+
+	for (int i = 0; rc == 0 && i < 16; i++)
+		snprintf(out + 2 * i, 3, "%02x", md[i]);
+	return rc;
+}
+
 /* base64(md5(fd[off, off+len))) into out[25]. */
 static int md5_fd_b64(int fd, uint64_t off, uint64_t len, char out[25])
 {
 	unsigned char md[16];
-	unsigned char chunk[65536];
-	EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-	int rc = 0;
+	int rc = md5_fd(fd, off, len, md);
 
-	if (!ctx || !EVP_DigestInit_ex(ctx, EVP_md5(), NULL)) {
-		rc = -ENOMEM;
-		goto out;
-	}
-	while (len > 0) {
-		size_t want = len > sizeof(chunk) ? sizeof(chunk) : (size_t)len;
-		ssize_t n = pread(fd, chunk, want, (off_t)off);
-
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			rc = n < 0 ? -errno : -EIO; /* the file shrank under us */
-			goto out;
-		}
-		EVP_DigestUpdate(ctx, chunk, (size_t)n);
-		off += (uint64_t)n;
-		len -= (uint64_t)n;
-	}
-	EVP_DigestFinal_ex(ctx, md, NULL);
-	EVP_EncodeBlock((unsigned char *)out, md, 16);
-out:
-	EVP_MD_CTX_free(ctx);
+	if (rc == 0)
+		EVP_EncodeBlock((unsigned char *)out, md, 16);
 	return rc;
 }
 
@@ -667,10 +809,46 @@ int s3_copy(struct s3 *s, const char *src, const char *dst, const struct s3_hdrs
 	return rc;
 }
 
+/* Abort the uploads of key other than keep begun since `since` (server
+ * time): what earlier attempts of a retried CreateMultipartUpload may have
+ * created although their answers were lost.  Best effort, logged. */
+static void abort_orphans(struct s3 *s, const char *key, const char *keep, time_t since)
+{
+	struct s3_call c;
+	struct http_resp resp;
+	struct s3_upload *u = NULL;
+	size_t n = 0;
+	int rc = call_init(&c, s, "GET", NULL);
+
+	call_query(&c, "uploads", "");
+	call_query(&c, "prefix", key);
+	c.key = key;
+	if (rc == 0) {
+		rc = simple_call(&c, &resp);
+		if (rc == 0)
+			rc = s3xml_parse_uploads(resp.body.data, resp.body.len, key, &u, &n);
+		http_resp_release(&resp);
+	}
+	call_release(&c);
+	for (size_t i = 0; i < n; i++) {
+		if (strcmp(u[i].upload_id, keep) == 0 || u[i].initiated.tv_sec < since)
+			continue;
+		if (s3_mpu_abort(s, key, u[i].upload_id) < 0)
+			log_warn("cannot abort the orphaned multipart upload of '%s'", key);
+		else
+			log_info("aborted an orphaned multipart upload of '%s' (an answer was lost)",
+				 key);
+	}
+	if (rc < 0)
+		log_warn("cannot list the multipart uploads of '%s': %s", key, strerror(-rc));
+	s3xml_uploads_release(u, n);
+}
+
 int s3_mpu_create(struct s3 *s, const char *key, const struct s3_hdrs *hdrs, char **upload_id)
 {
 	struct s3_call c;
 	struct http_resp resp;
+	time_t start = time(NULL) - MPU_CLOCK_SLACK;
 	int rc;
 
 	*upload_id = NULL;
@@ -682,6 +860,8 @@ int s3_mpu_create(struct s3 *s, const char *key, const struct s3_hdrs *hdrs, cha
 		rc = simple_call(&c, &resp);
 		if (rc == 0)
 			rc = s3xml_parse_upload_id(resp.body.data, resp.body.len, upload_id);
+		if (resp.attempts > 1 || (rc < 0 && resp.status == 0))
+			abort_orphans(s, key, *upload_id ? *upload_id : "", start);
 		http_resp_release(&resp);
 	}
 	call_release(&c);

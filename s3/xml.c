@@ -638,6 +638,19 @@ static int xml_escape(struct buf *out, const char *s)
 	return rc;
 }
 
+/* An ETag we can send back: non-empty printable ASCII (what S3 and RGW
+ * give; a control byte or invalid UTF-8 would make the body malformed XML,
+ * and a CR would not survive XML's line-end normalisation). */
+static int etag_ok(const char *e)
+{
+	if (!e || !*e)
+		return 0;
+	for (; *e; e++)
+		if ((unsigned char)*e < 0x20 || (unsigned char)*e > 0x7e)
+			return 0;
+	return 1;
+}
+
 int s3xml_build_complete(struct buf *out, const char *const *etags, size_t nparts)
 {
 	int rc;
@@ -645,7 +658,7 @@ int s3xml_build_complete(struct buf *out, const char *const *etags, size_t npart
 	if (nparts == 0 || nparts > XML_MAX_PARTS || !etags)
 		return -EINVAL;
 	for (size_t i = 0; i < nparts; i++)
-		if (!etags[i] || !*etags[i])
+		if (!etag_ok(etags[i]))
 			return -EINVAL;
 	rc = buf_addstr(out, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
 			     "<CompleteMultipartUpload "
@@ -888,6 +901,73 @@ int s3xml_parse_list(const char *xml, size_t len, struct s3_list_page *out)
 out:
 	xmlFreeDoc(doc);
 	return rc < 0 && rc != -ENOMEM ? -EBADMSG : rc < 0 ? rc : 0;
+}
+
+/* ------------------------------------------- ListMultipartUploads */
+
+void s3xml_uploads_release(struct s3_upload *u, size_t n)
+{
+	for (size_t i = 0; u && i < n; i++)
+		free(u[i].upload_id);
+	free(u);
+}
+
+/* One <Upload>: appended to *out when its Key is key. */
+static int upload_add(const xmlNode *up, const char *key, struct s3_upload **out, size_t *n,
+		      size_t *cap)
+{
+	char *k = NULL, *id = NULL, *t = NULL;
+	struct s3_upload *u;
+	int rc = xml_child_text(up, "Key", &k);
+
+	if (rc == 0)
+		rc = xml_child_text(up, "UploadId", &id);
+	if (rc < 0 || strcmp(k, key) != 0 || !*id)
+		goto out;
+	rc = grow((void **)out, *n, cap, sizeof(**out));
+	if (rc < 0)
+		goto out;
+	u = &(*out)[(*n)++];
+	memset(u, 0, sizeof(*u));
+	u->upload_id = id;
+	id = NULL;
+	if (xml_child_text(up, "Initiated", &t) == 0 && s3_parse_time(t, &u->initiated) < 0)
+		u->initiated.tv_sec = 0;
+out:
+	free(k);
+	free(id);
+	free(t);
+	return rc;
+}
+
+int s3xml_parse_uploads(const char *xml, size_t len, const char *key, struct s3_upload **out,
+			size_t *n)
+{
+	xmlDoc *doc = NULL;
+	xmlNode *root;
+	size_t cap = 0;
+	int rc = -EBADMSG;
+
+	*out = NULL;
+	*n = 0;
+	doc = xml_read(xml, len);
+	if (!doc)
+		goto out;
+	root = xmlDocGetRootElement(doc);
+	if (!xml_is(root, "ListMultipartUploadsResult"))
+		goto out;
+	rc = 0;
+	for (xmlNode *c = root->children; c && rc >= 0; c = c->next)
+		if (xml_is(c, "Upload"))
+			rc = upload_add(c, key, out, n, &cap);
+out:
+	xmlFreeDoc(doc);
+	if (rc < 0) {
+		s3xml_uploads_release(*out, *n);
+		*out = NULL;
+		*n = 0;
+	}
+	return rc < 0 && rc != -ENOMEM ? -EBADMSG : rc;
 }
 
 /* ------------------------------------------------- CloudFront (cdn/ uses) */

@@ -24,6 +24,7 @@ import gc
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import subprocess
@@ -42,8 +43,12 @@ from botocore.config import Config
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 S3SERVER = TESTS / "s3server.sh"
-MOUNT_TIMEOUT = 20  # seconds until a started cdnfs must be mounted (or exited)
-EXIT_TIMEOUT = 60  # seconds for cdnfs to exit after an unmount
+# CDNFS_WRAPPER prefixes every cdnfs command line of the mount fixture
+# (make valgrind: "valgrind --error-exitcode=99 ... -q"); a wrapped cdnfs
+# runs many times slower, so it gets more time to mount and to exit.
+WRAPPER = shlex.split(os.environ.get("CDNFS_WRAPPER", ""))
+MOUNT_TIMEOUT = 120 if WRAPPER else 20  # seconds until a started cdnfs must be mounted (or exited)
+EXIT_TIMEOUT = 240 if WRAPPER else 60  # seconds for cdnfs to exit after an unmount
 # a whole test gets this long before its cdnfs processes are killed, which
 # turns a hung FUSE call into ENOTCONN and a failing test instead of a hang
 TEST_TIMEOUT = int(os.environ.get("CDNFS_TEST_TIMEOUT", "600"))
@@ -93,8 +98,18 @@ def cdnfs_bin():
     return path
 
 
+# valgrind's own lines ("==PID== ...") that report an error; its warnings
+# (an unknown ioctl, a large mmap) are not errors
+VALGRIND_ERROR = re.compile(
+    r"^==\d+== +(Invalid (read|write|free)|Mismatched free|Conditional jump"
+    r"|Use of uninitialised|Syscall param|Source and destination overlap"
+    r"|.*definitely lost in loss record|.*uninitialised value"
+    r"|ERROR SUMMARY: [1-9]|Process terminating)", re.M)
+
+
 def sanitizer_report(text):
-    return any(m in text for m in SANITIZER_MARKS)
+    return (any(m in text for m in SANITIZER_MARKS)
+            or VALGRIND_ERROR.search(text) is not None)
 
 
 class Mount:
@@ -184,7 +199,7 @@ class Mount:
                 problems.append(f"cdnfs exited with status {rc}")
         log = self.read_log()
         if sanitizer_report(log):
-            problems.append("sanitizer report in the cdnfs log")
+            problems.append("sanitizer or valgrind report in the cdnfs log")
         if problems:
             tail = "\n".join(log.splitlines()[-60:])
             problems.append(f"--- {self.log} (tail) ---\n{tail}")
@@ -274,7 +289,7 @@ class MountFactory:
                   for k, v in defaults.items() if k not in given]
         merged += list(opts)
         source = bucket if prefix is None else f"{bucket}:{prefix}"
-        return ([cdnfs_bin()] + (["-f"] if foreground else []) +
+        return (WRAPPER + [cdnfs_bin()] + (["-f"] if foreground else []) +
                 ["-o", ",".join(merged), source, str(mnt)])
 
     def env(self, extra):
@@ -335,6 +350,9 @@ class MountFactory:
         mounted = is_mounted(mnt)
         if mounted:
             lazy_unmount(mnt)
+        if VALGRIND_ERROR.search(err.decode(errors="replace")):
+            pytest.fail(f"valgrind report from {' '.join(argv)}:\n"
+                        f"{err.decode(errors='replace')}", pytrace=False)
         return FailedStart(proc.returncode, out.decode(errors="replace"),
                            err.decode(errors="replace"), mounted, seconds)
 

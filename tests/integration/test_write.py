@@ -22,6 +22,7 @@ import json
 import os
 import random
 import re
+import shutil
 import stat
 import subprocess
 import threading
@@ -731,6 +732,38 @@ def test_rm_rf_tree(s3, bucket, mount, rgw):
     print(f"rm -rf of 56 keys: {dict(w.ops())}")
 
 
+def test_rename_multipart_copy(s3, bucket, mount, rgw):
+    """A rename of an object above copy_threshold is a server-side
+    UploadPartCopy (S3 refuses CopyObject above 5 GiB; the threshold is
+    lowered here so the real path runs on a 21 MiB object): parts carry no
+    body, the new object is byte-exact with every header kept, the old key
+    goes, no multipart upload is left."""
+    m = mount(bucket, "copy_threshold=8M", "multipart_size=5M")
+    data = random_bytes(21 << 20)
+    (m.path / "media").mkdir()
+    write_file(m.path / "media" / "big.bin", data)
+    flush(m)
+    before = head(s3, bucket, "media/big.bin")
+    with RawWindow(rgw, bucket) as w:
+        os.rename(m.path / "media" / "big.bin", m.path / "media" / "moved.bin")
+        flush(m)
+    ops = w.ops("media/moved.bin")
+    assert ops == {"MPU_CREATE": 1, "MPU_PART": 5, "MPU_COMPLETE": 1}, w.describe()
+    parts = [r for r in w.for_key("media/moved.bin") if r.op == "MPU_PART"]
+    assert all(r.nbytes < 4096 for r in parts), w.describe()  # no body: copies
+    # the HEAD reads the headers the copy keeps; then the old key goes
+    assert w.ops("media/big.bin") == {"HEAD": 1, "DELETE": 1}, w.describe()
+    assert list_keys(s3, bucket) == ["media/", "media/moved.bin"]
+    assert body(s3, bucket, "media/moved.bin") == data
+    after = head(s3, bucket, "media/moved.bin")
+    for k in ("CacheControl", "ContentType"):
+        assert after.get(k) == before.get(k), k
+    for k in ("mode", "uid", "gid"):
+        assert after["Metadata"].get(k) == before["Metadata"].get(k), k
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+    assert read_file(m.path / "media" / "moved.bin") == data
+
+
 def test_rename_directory(s3, bucket, mount, rgw):
     m = mount(bucket)
     tree = {"a.txt": b"A" * 10, "b.png": random_bytes(500),
@@ -932,7 +965,14 @@ def test_change_during_upload(s3, bucket, mount, rgw, change):
     # start watching the log before the write: the upload may start at once
     watcher = concurrent.futures.ThreadPoolExecutor(1)
     seen = watcher.submit(wait_log, rgw, f"POST /{bucket}/big.bin?uploads")
-    write_file(p, data)
+    # the last byte first: not a sequential writer, so nothing is streamed
+    # while writing and the upload after close is the one the change meets
+    # (test_streaming_* cover the streamed case)
+    with open(p, "wb") as f:
+        f.seek(len(data) - 1)
+        f.write(data[-1:])
+        f.seek(0)
+        f.write(data[:-1])
     if change == "write":  # the new contents, uploaded once the old are
         data = bytearray(data)
         data[5 * MiB:5 * MiB + 9] = b"REWRITTEN"
@@ -1188,3 +1228,181 @@ def test_upload_rejected(s3, bucket, mount, rgw, tmp_path, case):
     os.unlink(m2.path / "cold" / "x.txt")
     flush(m2)
     assert list_keys(s3, bucket) == ["cold/", "fine.txt"]
+
+
+# -------------------------------------------------------- cache_dir full --
+
+def test_cache_dir_full(s3, bucket, mount, rgw, tmp_path):
+    """cache_dir on a full filesystem (a 12 MiB tmpfs): the writer of a
+    24 MiB file gets ENOSPC, nothing of that file ever reaches S3 (no
+    object, no multipart upload), flush reports it, the mount goes on
+    working, and once the file is removed or rewritten smaller, everything
+    lands whole."""
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m,mode=0700", "tmpfs",
+                    str(small)], check=True)
+    try:
+        m = mount(bucket, "multipart_size=5M", cache_dir=small)
+        write_file(m.path / "before.txt", b"before")
+        flush(m)
+        big = random_bytes(24 << 20)
+        with pytest.raises(OSError) as ei:
+            with open(m.path / "big.bin", "wb") as f:
+                f.write(big)
+        assert ei.value.errno == errno.ENOSPC, ei.value
+        with pytest.raises(OSError) as ei:
+            flush(m)  # the barrier names the file that will not go up
+        assert ei.value.errno == errno.ENOSPC, ei.value
+        time.sleep(1.5)  # past writeback_delay: nothing may start
+        assert list_keys(s3, bucket) == ["before.txt"]
+        assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+        # rewritten smaller (O_TRUNC frees the space): uploaded whole
+        small_data = random_bytes(3 << 20)
+        write_file(m.path / "big.bin", small_data)
+        flush(m)
+        assert body(s3, bucket, "big.bin") == small_data
+
+        # a second failure, then unlink: the mount is clean again
+        with pytest.raises(OSError):
+            with open(m.path / "other.bin", "wb") as f:
+                f.write(big)
+        os.unlink(m.path / "other.bin")
+        # its space comes back once parts still being sent let go of it
+        wait_for(lambda: shutil.disk_usage(small).free > 4 * MiB, timeout=30,
+                 what="the space of other.bin freed")
+        write_file(m.path / "after.txt", b"after")
+        flush(m)
+        assert list_keys(s3, bucket) == ["after.txt", "before.txt", "big.bin"]
+        assert body(s3, bucket, "after.txt") == b"after"
+        assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")
+        assert "cannot write 'other.bin' to the cache directory" in m.read_log()
+        m.unmount()
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_create_with_stat_ttl_0(s3, bucket, mount):
+    """stat_ttl=0 (every lookup lists again): creating files still works;
+    the fresh name has no object yet and must not be dropped by the
+    listing that the open's lookup sends."""
+    m = mount(bucket, "stat_ttl=0")
+    os.mkdir(m.path / "d")
+    for i in range(3):
+        write_file(m.path / "d" / f"f{i}.txt", b"%d" % i)
+    flush(m)
+    assert list_keys(s3, bucket) == ["d/", "d/f0.txt", "d/f1.txt", "d/f2.txt"]
+    assert sorted(os.listdir(m.path / "d")) == ["f0.txt", "f1.txt", "f2.txt"]
+    assert read_file(m.path / "d" / "f2.txt") == b"2"
+
+
+# ---------------------------------------------- streaming multipart upload --
+
+def uploads(s3, bucket):
+    return s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+def parts_uploaded(s3, bucket):
+    ups = uploads(s3, bucket)
+    if len(ups) != 1:
+        return 0
+    r = s3.list_parts(Bucket=bucket, Key=ups[0]["Key"], UploadId=ups[0]["UploadId"])
+    return len(r.get("Parts", []))
+
+
+def test_streaming_multipart(s3, bucket, mount, rgw):
+    """A large file written sequentially: its full parts go up while it is
+    still open (seen with boto3's ListParts before close), only the rest
+    after close, then one metadata copy sets the final mtime.  The object
+    is byte-exact, its ETag says 5 parts, nothing is left over."""
+    m = mount(bucket, "multipart_size=5M")
+    data = random_bytes(23 << 20)
+    with RawWindow(rgw, bucket) as w:
+        with open(m.path / "big.bin", "wb") as f:
+            f.write(data[:21 << 20])
+            f.flush()
+            wait_for(lambda: parts_uploaded(s3, bucket) == 4, timeout=60,
+                     what="4 parts uploaded before close")
+            assert not list_keys(s3, bucket)  # nothing visible yet
+            f.write(data[21 << 20:])
+        flush(m)
+    assert body(s3, bucket, "big.bin") == data
+    assert head(s3, bucket, "big.bin")["ETag"].strip('"').endswith("-5")
+    ops = w.ops("big.bin")
+    assert ops["MPU_CREATE"] == 1 and ops["MPU_PART"] == 5 and \
+        ops["MPU_COMPLETE"] == 1, w.describe()
+    parts = [r for r in w.for_key("big.bin") if r.op == "MPU_PART"]
+    assert sum(r.nbytes for r in parts) == len(data), w.describe()
+    # no metadata copy: the mtime is the last write's, and LastModified
+    # stands for it (the create could not know it)
+    # (the GETs in the window are this test's own ListParts)
+    assert not ops["HEAD"] and not ops["PUT"], w.describe()
+    st = os.stat(m.path / "big.bin")
+    assert st.st_size == len(data)
+    assert "mtime" not in meta(s3, bucket, "big.bin")
+    assert not uploads(s3, bucket)
+    m.remount()  # the attribute cache keeps the exact mtime
+    assert os.stat(m.path / "big.bin").st_mtime_ns == st.st_mtime_ns
+    assert file_sha256(m.path / "big.bin")[0] == sha256(data)
+
+    # cp -p: the mtime set after close is not the write's: one metadata copy
+    src = m.path.parent / "src.bin"
+    src.write_bytes(data[:12 << 20])
+    os.utime(src, ns=(1_000_000_000_123_456_789, 1_000_000_000_123_456_789))
+    with RawWindow(rgw, bucket) as w:
+        subprocess.run(["cp", "-p", str(src), str(m.path / "kept.bin")], check=True)
+        flush(m)
+    ops = w.ops("kept.bin")
+    assert ops["MPU_CREATE"] == 1 and ops["MPU_COMPLETE"] == 1, w.describe()
+    st = os.stat(m.path / "kept.bin")
+    assert st.st_mtime_ns == 1_000_000_000_123_456_789
+    check_posix_meta(meta(s3, bucket, "kept.bin"), st, "kept.bin")
+    assert body(s3, bucket, "kept.bin") == data[:12 << 20]
+
+
+def test_streaming_given_up(s3, bucket, mount, rgw):
+    """A write behind what was already sent ends the stream: its upload is
+    aborted, the file goes up whole after close, byte-exact."""
+    m = mount(bucket, "multipart_size=5M")
+    data = bytearray(random_bytes(13 << 20))
+    with open(m.path / "big.bin", "wb") as f:
+        f.write(data)
+        f.flush()
+        wait_for(lambda: parts_uploaded(s3, bucket) == 2, timeout=60,
+                 what="2 parts uploaded before close")
+        f.seek(100)
+        f.write(b"rewritten")
+        data[100:109] = b"rewritten"
+    flush(m)
+    assert body(s3, bucket, "big.bin") == bytes(data)
+    wait_for(lambda: not uploads(s3, bucket), timeout=20,
+             what="the given-up upload aborted")
+
+
+def test_streaming_killed(s3, bucket, mount, rgw):
+    """kill -9 while a streamed upload is open: the next mount aborts it
+    (its id is kept in the cache dir); the never-closed file is not
+    uploaded, a file closed before the kill is."""
+    m = mount(bucket, "multipart_size=5M", "writeback_delay=30")
+    write_file(m.path / "closed.txt", b"closed before the kill")
+    f = open(m.path / "open.bin", "wb")
+    try:
+        f.write(random_bytes(12 << 20))
+        f.flush()
+        wait_for(lambda: parts_uploaded(s3, bucket) == 2, timeout=60,
+                 what="2 parts uploaded before the kill")
+        m.proc.kill()
+        m.proc.wait()
+    finally:
+        try:
+            f.close()
+        except OSError:
+            pass
+    lazy_unmount(m.path)
+    m.start()
+    assert not uploads(s3, bucket)  # aborted during the mount
+    flush(m)
+    assert list_keys(s3, bucket) == ["closed.txt"]
+    assert "aborted the multipart upload of 'open.bin' left by the last stop" \
+        in m.read_log()

@@ -183,6 +183,43 @@ static void test_cloudflare_pure(void)
 	is_int(r.outcome, CDN_OK, "other values skipped");
 	judge(NULL, 500, &r);
 	is_int(r.outcome, CDN_RETRY, "empty 500 retry");
+	/* found by tests/fuzz/fuzz_status_json: a code past long's range was
+	 * converted from double (undefined behaviour) */
+	judge("{\"success\":false,\"errors\":[{\"code\":1222222222222222222222222222222222,"
+	      "\"message\":\"x\"}]}", 400, &r);
+	is_str(r.msg, "HTTP 400 with a body that is not Cloudflare's JSON", "huge code: not JSON");
+	judge("{\"success\":false,\"errors\":[{\"code\":1e999,\"message\":\"x\"}]}", 400, &r);
+	is_int(r.outcome, CDN_INVALID, "infinite code: judged by the status");
+}
+
+/* Found by tests/fuzz/fuzz_status_json: bytes that are not UTF-8 (a message
+ * cut mid-character to fit last_error, a key) went into the JSON as they
+ * were, which no JSON parser accepts. */
+static void test_json_utf8(void)
+{
+	struct cdn_stats s;
+	struct buf b;
+	char i0[] = "a\xff\xc3\xa9\xe2\x98", i1[] = "\xed\xa0\x80\xc0\xaf\xf4\x90\x80\x80\x01\"";
+	char *items[] = { i0, i1 };
+
+	buf_init(&b, 0);
+	is_int(cdn_json_str(&b, "caf\xc3\xa9 \xf0\x9f\x98\x80 \x7f"), 0, "valid UTF-8");
+	is_str(buf_str(&b), "\"caf\xc3\xa9 \xf0\x9f\x98\x80 \x7f\"", "valid UTF-8 kept");
+	buf_reset(&b);
+	is_int(cdn_cloudflare_body(&b, CDN_BATCH_PATHS, items, 2), 0, "body with bad UTF-8");
+	is_str(buf_str(&b),
+	       "{\"files\":[\"a\\ufffd\xc3\xa9\\ufffd\\ufffd\",\"\\ufffd\\ufffd\\ufffd"
+	       "\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\\ufffd\\u0001\\\"\"]}",
+	       "stray, cut, surrogate, overlong, past U+10FFFF: each byte U+FFFD");
+	buf_reset(&b);
+	memset(&s, 0, sizeof(s));
+	s.provider = CDN_CLOUDFLARE;
+	snprintf(s.month, sizeof(s.month), "2026-11");
+	snprintf(s.last_error, sizeof(s.last_error), "HTTP 400: 1 caf\xc3");
+	is_int(cdn_stats_json_of(&s, &b), 0, "stats with a cut message");
+	ok(strstr(buf_str(&b), "\"last_error\":\"HTTP 400: 1 caf\\ufffd\"}") != NULL,
+	   "cut character in last_error is U+FFFD");
+	buf_release(&b);
 }
 
 static void test_endpoint(void)
@@ -347,6 +384,7 @@ int main(void)
 	test_journal_text();
 	test_cloudfront_pure();
 	test_cloudflare_pure();
+	test_json_utf8();
 	test_endpoint();
 	test_config(h, cr);
 	test_queue(h, dir);

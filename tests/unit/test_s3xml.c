@@ -653,6 +653,16 @@ static void test_build_complete(void)
 	is_int(s3xml_build_complete(&b, bad, 2), -EINVAL, "NULL etag -> -EINVAL");
 	is_int(s3xml_build_complete(&b, empty, 1), -EINVAL, "empty etag -> -EINVAL");
 	is_int(s3xml_build_complete(&b, etags, 10001), -EINVAL, "10001 parts -> -EINVAL");
+	{
+		/* found by tests/fuzz/fuzz_xml: these made malformed XML */
+		const char *binary[] = { "a1", "\xf2\xfe=l\xac\x93" };
+		const char *ctrl[] = { "a\x01z" };
+		const char *cr[] = { "\"a\rb\"" };
+
+		is_int(s3xml_build_complete(&b, binary, 2), -EINVAL, "invalid UTF-8 etag -> -EINVAL");
+		is_int(s3xml_build_complete(&b, ctrl, 1), -EINVAL, "control byte etag -> -EINVAL");
+		is_int(s3xml_build_complete(&b, cr, 1), -EINVAL, "CR in etag -> -EINVAL");
+	}
 	ok(b.len == 0, "nothing appended on -EINVAL");
 
 	buf_init(&b, 100);

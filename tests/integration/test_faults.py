@@ -1,0 +1,278 @@
+"""cdnfs under network and server faults (issue #6).
+
+Every mount here talks to the RGW through tests/faultproxy.py, which drops,
+stalls, truncates, corrupts or refuses chosen requests.  What each test
+proves is checked with boto3 straight against the RGW (never through the
+proxy): every write lands exactly once and byte-exact, no multipart upload
+is left behind, reads give the right bytes or EIO (never wrong bytes), and
+nothing hangs (-o timeout=2: a stalled request is abandoned and retried).
+
+Each test prints a line "faults: ..." with the faults injected and survived
+(run pytest with -s to see them).
+"""
+
+import concurrent.futures
+import errno
+import hashlib
+import os
+import time
+
+import pytest
+
+from faultproxy import FaultProxy
+from helpers import MiB, get_object, put_many, random_bytes, read_file, wait_for
+
+HANG_BOUND = 60  # seconds: a hang detector, not a timing test
+
+
+@pytest.fixture
+def proxy(s3server):
+    with FaultProxy(s3server.endpoint) as px:
+        yield px
+
+
+def fmount(mount, bucket, px, *opts):
+    """Mount through the proxy with short timeouts."""
+    return mount(bucket, f"endpoint={px.endpoint}", "path_style", "timeout=2",
+                 "writeback_delay=0.2", *opts)
+
+
+def flush(m):
+    os.setxattr(m.path, "user.cdnfs.flush", b"1")
+
+
+def list_keys(s3, bucket):
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
+
+
+def assert_no_uploads(s3, bucket):
+    ups = s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+    assert ups == [], f"multipart uploads left behind: {ups}"
+
+
+def report(name, px, rules, extra=""):
+    injected = sum(r.hits for r in rules)
+    print(f"\nfaults: {name}: injected {injected}, survived {injected}; "
+          f"proxy {px.summary()}{extra}")
+    return injected
+
+
+def timed(fn, *a):
+    t0 = time.monotonic()
+    try:
+        return fn(*a), time.monotonic() - t0
+    finally:
+        assert time.monotonic() - t0 < HANG_BOUND, f"{fn.__name__} hung"
+
+
+# ------------------------------------------------------------------ writes --
+
+# (name, proxy rule): each applies to the PUT of its own file
+PUT_FAULTS = [
+    ("drop-mid-request-body", dict(action="drop_request", count=2)),
+    ("drop-after-applied", dict(action="drop_response", count=1)),
+    ("500-internal-error", dict(action="error", status=500, count=2)),
+    ("503-slowdown", dict(action="error", status=503, count=2)),
+    ("400-request-timeout", dict(action="error", status=400, count=1)),
+    ("500-after-applied", dict(action="error", status=500, forward=True, count=1)),
+    ("delay-past-timeout", dict(action="delay", seconds_stall=4, count=1)),
+]
+
+
+def test_small_files_land_once_under_every_fault(s3, bucket, mount, proxy):
+    m = fmount(mount, bucket, proxy)
+    data = {f"f-{name}.bin": random_bytes(100_000 + i, seed=i)
+            for i, (name, _) in enumerate(PUT_FAULTS)}
+    rules = [proxy.add(method="PUT", key=f"f-{name}.bin", **rule)
+             for name, rule in PUT_FAULTS]
+    for key, body in data.items():
+        (m.path / key).write_bytes(body)
+    _, seconds = timed(flush, m)
+    for r in rules:
+        assert r.hits == r.count, f"{r}: fault not injected as planned"
+    assert list_keys(s3, bucket) == sorted(data)
+    for key, body in data.items():
+        assert get_object(s3, bucket, key) == body, key
+        # each PUT reached the server at most once per injected fault + 1
+        assert proxy.count(op="PUT", key=key) <= 1 + 2, key
+    assert_no_uploads(s3, bucket)
+    report("small PUTs", proxy, rules, f"; flush {seconds:.1f} s")
+
+
+def part(n):
+    return lambda r: r.query.get("partNumber") == str(n)
+
+
+# (name, proxy rule) applied together to one multipart upload (3 parts)
+MPU_FAULTS = {
+    "parts": [
+        ("part-2-drop-mid-body", dict(action="drop_request", op="MPU_PART", match=part(2))),
+        ("part-3-503", dict(action="error", status=503, op="MPU_PART", match=part(3))),
+        ("part-1-applied-then-dropped", dict(action="drop_response", op="MPU_PART",
+                                             match=part(1))),
+        ("create-500", dict(action="error", status=500, op="MPU_CREATE")),
+        ("complete-503", dict(action="error", status=503, op="MPU_COMPLETE")),
+    ],
+    "complete-applied": [
+        ("complete-applied-then-dropped", dict(action="drop_response", op="MPU_COMPLETE")),
+    ],
+    "complete-slow": [
+        ("complete-delay-past-timeout", dict(action="delay", op="MPU_COMPLETE",
+                                             seconds_stall=4)),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", list(MPU_FAULTS))
+def test_multipart_lands_once(s3, bucket, mount, proxy, case):
+    m = fmount(mount, bucket, proxy, "multipart_size=5M")
+    body = random_bytes(11 * MiB + 123, seed=case)
+    rules = [proxy.add(key="big.bin", count=1, **rule) for _, rule in MPU_FAULTS[case]]
+    (m.path / "big.bin").write_bytes(body)
+    _, seconds = timed(flush, m)
+    for r in rules:
+        assert r.hits == 1, r
+    assert list_keys(s3, bucket) == ["big.bin"]
+    got = get_object(s3, bucket, "big.bin")
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(body).hexdigest()
+    assert s3.head_object(Bucket=bucket, Key="big.bin")["ETag"].strip('"').endswith("-3")
+    assert_no_uploads(s3, bucket)
+    report(f"multipart {case}", proxy, rules, f"; flush {seconds:.1f} s")
+
+
+def test_multipart_create_answer_lost(s3, bucket, mount, proxy):
+    """CreateMultipartUpload applied by the server but its answer lost: the
+    retry creates a second upload; the first must not be left behind."""
+    m = fmount(mount, bucket, proxy, "multipart_size=5M")
+    body = random_bytes(11 * MiB, seed=7)
+    r = proxy.add("drop_response", op="MPU_CREATE", count=1)
+    (m.path / "big.bin").write_bytes(body)
+    _, seconds = timed(flush, m)
+    assert r.hits == 1
+    assert get_object(s3, bucket, "big.bin") == body
+    assert proxy.count(op="MPU_CREATE") == 2
+    assert_no_uploads(s3, bucket)
+    report("multipart create answer lost", proxy, [r], f"; flush {seconds:.1f} s")
+
+
+def test_flush_reports_failure_then_file_lands(s3, bucket, mount, proxy):
+    """A PUT that keeps failing: flush says EIO (within a bounded time), the
+    process lives, and the file lands once the fault clears."""
+    m = fmount(mount, bucket, proxy)
+    body = random_bytes(200_000, seed=3)
+    r = proxy.add("error", method="PUT", key="stuck.bin", status=503, count=None)
+    (m.path / "stuck.bin").write_bytes(body)
+    t0 = time.monotonic()
+    with pytest.raises(OSError) as e:
+        flush(m)
+    failed_after = time.monotonic() - t0
+    assert e.value.errno == errno.EIO
+    assert failed_after < HANG_BOUND
+    assert m.running
+    assert "stuck.bin" in m.read_log()  # the failure is logged with the key
+    assert list_keys(s3, bucket) == []
+    attempts = r.hits
+    proxy.clear()
+    t0 = time.monotonic()
+    wait_for(lambda: list_keys(s3, bucket), timeout=HANG_BOUND,
+             what="the upload retried after the fault cleared")
+    seconds = time.monotonic() - t0
+    flush(m)  # nothing failing any more
+    assert list_keys(s3, bucket) == ["stuck.bin"]
+    assert get_object(s3, bucket, "stuck.bin") == body
+    assert_no_uploads(s3, bucket)
+    report("persistent 503 on PUT", proxy, [r],
+           f"; flush EIO after {failed_after:.1f} s ({attempts} attempts), "
+           f"landed {seconds:.1f} s after the fault cleared")
+
+
+# ------------------------------------------------------------------- reads --
+
+def read_all_parallel(m, data):
+    """Read every file of data through m at once; each must be byte-exact."""
+    with concurrent.futures.ThreadPoolExecutor(len(data)) as pool:
+        got = dict(zip(data, pool.map(lambda k: timed(read_file, m.path / k)[0], data)))
+    for key, body in data.items():
+        assert got[key] == body, f"{key}: wrong bytes"
+
+
+GET_FAULTS = [
+    ("flip", dict(action="flip", nflip=3)),
+    ("truncate", dict(action="truncate")),
+    ("drop-mid-body", dict(action="drop_response")),
+    ("stall-mid-body", dict(action="stall", seconds_stall=5)),
+    ("503", dict(action="error", status=503)),
+    ("delay-past-timeout", dict(action="delay", seconds_stall=4)),
+]
+
+
+def test_whole_object_reads_never_wrong(s3, bucket, mount, proxy):
+    """Single-GET objects (one read chunk): each fault once, then the right
+    bytes (the ETag's MD5 is checked, so a flipped byte is caught)."""
+    data = {f"r-{name}.bin": random_bytes(300_000 + i, seed=100 + i)
+            for i, (name, _) in enumerate(GET_FAULTS)}
+    put_many(s3, bucket, data)
+    m = fmount(mount, bucket, proxy)
+    os.listdir(m.path)
+    rules = [proxy.add(method="GET", key=f"r-{name}.bin", count=1, **rule)
+             for name, rule in GET_FAULTS]
+    read_all_parallel(m, data)
+    for r in rules:
+        assert r.hits == 1, r
+    log = m.read_log()
+    assert "does not match its ETag" in log
+    report("whole-object GETs", proxy, rules)
+
+
+def test_ranged_reads_never_wrong(s3, bucket, mount, proxy):
+    """A 3-chunk object read in ranged GETs: faults on chunk 1 (truncated,
+    dropped, stalled, wrong Content-Range) are retried, bytes exact."""
+    def chunk1(r):
+        return (r.header("range") or "").startswith(f"bytes={1 * MiB}-")
+
+    def wrong_range(req, body):
+        return 206, [("Content-Range", f"bytes 0-{len(body) - 1}/{3 * MiB + 5}"),
+                     ("ETag", req.header("if-match") or "")], body
+
+    faults = [("truncate", dict(action="truncate")),
+              ("drop", dict(action="drop_response")),
+              ("stall", dict(action="stall", seconds_stall=5)),
+              ("wrong-content-range", dict(action="rewrite", fn=wrong_range)),
+              ("short-206", dict(action="rewrite",
+                                 fn=lambda q, b: (206, [("Content-Range",
+                                                         f"bytes {MiB}-{MiB + 9}/{3 * MiB + 5}")],
+                                                  b[:10])))]
+    data = {f"big-{name}.bin": random_bytes(3 * MiB + 5, seed=200 + i)
+            for i, (name, _) in enumerate(faults)}
+    put_many(s3, bucket, data)
+    m = fmount(mount, bucket, proxy, "read_chunk=1M")
+    os.listdir(m.path)
+    rules = [proxy.add(method="GET", key=f"big-{name}.bin", match=chunk1, count=1, **rule)
+             for name, rule in faults]
+    read_all_parallel(m, data)
+    for r in rules:
+        assert r.hits == 1, r
+    report("ranged GETs", proxy, rules)
+
+
+def test_persistent_corruption_is_eio(s3, bucket, mount, proxy):
+    """Every answer flipped: the read fails with EIO in a bounded time (no
+    wrong byte reaches the reader); after the fault clears it reads right."""
+    body = random_bytes(500_000, seed=9)
+    s3.put_object(Bucket=bucket, Key="bad.bin", Body=body)
+    m = fmount(mount, bucket, proxy)
+    os.listdir(m.path)
+    r = proxy.add("flip", method="GET", key="bad.bin", count=None)
+    t0 = time.monotonic()
+    with pytest.raises(OSError) as e:
+        read_file(m.path / "bad.bin")
+    seconds = time.monotonic() - t0
+    assert e.value.errno == errno.EIO
+    assert seconds < HANG_BOUND
+    attempts = r.hits
+    proxy.clear()
+    assert read_file(m.path / "bad.bin") == body
+    assert m.running
+    report("persistent corruption", proxy, [r],
+           f"; EIO after {seconds:.1f} s ({attempts} attempts)")
