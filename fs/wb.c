@@ -225,7 +225,7 @@ static void mpu_journal_add(struct wb *wb, const char *key, const char *uid, str
 	buf_init(&b, 8192);
 	buf_init(&tmp, 4096);
 	rc = sigv4_uri_encode(&b, key, 1);
-	rc = rc ?: buf_addf(&b, "\n%s\n", uid);
+	rc = rc ?: buf_addf(&b, "\n%s\n", uid ? uid : "-");
 	rc = rc ?: buf_addf(path, "%s/m.%ld.%lu", wb->dir, (long)getpid(), n);
 	rc = rc ?: buf_addf(&tmp, "%s/z.m.%ld.%lu", wb->dir, (long)getpid(), n);
 	if (rc == 0)
@@ -243,8 +243,27 @@ static void mpu_journal_add(struct wb *wb, const char *key, const char *uid, str
 	buf_release(&tmp);
 }
 
+/* The upload journaled at path (by mpu_journal_add with no id, before the
+ * create) got its id.  The text only grows, so an overwrite in place can
+ * not leave a shorter, damaged entry. */
+static void mpu_journal_set(const struct buf *path, const char *key, const char *uid)
+{
+	struct buf b;
+	int fd = path->len ? open(buf_str(path), O_WRONLY | O_CLOEXEC) : -1;
+
+	buf_init(&b, 8192);
+	if (fd >= 0 && (sigv4_uri_encode(&b, key, 1) < 0 || buf_addf(&b, "\n%s\n", uid) < 0 ||
+			pwrite(fd, b.data, b.len, 0) != (ssize_t)b.len))
+		log_warn("cannot journal the multipart upload of '%s'", key);
+	if (fd >= 0)
+		close(fd);
+	buf_release(&b);
+}
+
 /* Abort the upload journaled in staging/NAME; the entry goes once S3 has
- * no such upload any more. */
+ * no such upload any more.  An entry with no id ("-": the process died
+ * during the create) aborts the key's uploads begun since the entry was
+ * written. */
 static void mpu_abort_one(struct wb *wb, const char *name)
 {
 	struct buf path, key;
@@ -265,10 +284,17 @@ static void mpu_abort_one(struct wb *wb, const char *name)
 		nl = strchr(text, '\n');
 		uid = nl ? nl + 1 : NULL;
 		if (uid && (nl = strchr(uid, '\n')) && nl > uid) {
+			struct stat sb;
+
 			*nl = '\0';
 			*strchr(text, '\n') = '\0';
 			rc = s3_url_decode(&key, text, 0);
-			rc = rc ?: s3_mpu_abort(wb->fs->s3, buf_str(&key), uid);
+			if (rc == 0 && strcmp(uid, "-") == 0)
+				rc = stat(buf_str(&path), &sb) < 0 ? -errno
+					: s3_mpu_abort_since(wb->fs->s3, buf_str(&key), "",
+							     sb.st_mtime - 60);
+			else if (rc == 0)
+				rc = s3_mpu_abort(wb->fs->s3, buf_str(&key), uid);
 		}
 	}
 	if (rc == 0 || rc == -ENOENT || rc == -EINVAL) {
@@ -744,10 +770,15 @@ static int upload_multipart(struct wb *wb, const char *key, const struct s3_hdrs
 	struct buf mj;
 
 	buf_init(&mj, 4096);
+	if (parts && etags)
+		mpu_journal_add(wb, key, NULL, &mj); /* before: a crash in the create */
 	rc = parts && etags ? s3_mpu_create(wb->fs->s3, key, h, &uid) : -ENOMEM;
-	if (rc < 0)
+	if (rc < 0) {
+		if (mj.len) /* s3_mpu_create cleaned up after itself */
+			unlink(buf_str(&mj));
 		goto out;
-	mpu_journal_add(wb, key, uid, &mj);
+	}
+	mpu_journal_set(&mj, key, uid);
 	for (size_t i = 0; i < nparts; i++) {
 		parts[i] = (struct part){ wb, key, uid, (int)i + 1, fd, 0, i * psize,
 					  i + 1 < nparts ? psize : len - i * psize, "",
@@ -832,7 +863,7 @@ static int stream_create(struct wb *wb, struct wb_stream *st)
 	struct sigv4_kv kv[RULES_HEADERS_MAX + 8];
 	struct s3_hdrs h = { kv, 0 };
 	struct snapshot s = { .kind = WB_PUT, .key = st->key, .a = st->a0 };
-	struct buf b;
+	struct buf b, mj;
 	char *uid = NULL;
 	int rc;
 
@@ -845,16 +876,21 @@ static int stream_create(struct wb *wb, struct wb_stream *st)
 		if (strcmp(kv[i].name, "x-amz-meta-mtime") == 0 ||
 		    strcmp(kv[i].name, "x-amz-meta-cdnfs-mtime") == 0)
 			kv[i--] = kv[--h.n];
+	buf_init(&mj, 4096);
+	if (rc == 0)
+		mpu_journal_add(wb, st->key, NULL, &mj); /* a crash must not leave parts */
 	rc = rc ?: s3_mpu_create(wb->fs->s3, st->key, &h, &uid);
+	buf_release(&b); /* after the create: the header values live in it */
 	if (rc < 0) {
-		buf_release(&b);
+		if (mj.len)
+			unlink(buf_str(&mj));
+		buf_release(&mj);
 		return rc;
 	}
+	mpu_journal_set(&mj, st->key, uid);
 	st->upload_id = uid; /* before any other task of this stream starts */
-	buf_reset(&b);
-	mpu_journal_add(wb, st->key, uid, &b); /* a crash must not leave the parts */
-	st->mpu_path = b.len ? buf_detach(&b, NULL) : NULL;
-	buf_release(&b);
+	st->mpu_path = mj.len ? buf_detach(&mj, NULL) : NULL;
+	buf_release(&mj);
 	return 0;
 }
 

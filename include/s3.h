@@ -112,6 +112,10 @@ int s3_mpu_part_copy(struct s3 *s, const char *src, const char *key, const char 
 int s3_mpu_complete(struct s3 *s, const char *key, const char *upload_id,
 		    const char *const *etags, size_t nparts, char etag_out[S3_ETAG_MAX]) WUR;
 int s3_mpu_abort(struct s3 *s, const char *key, const char *upload_id) WUR;
+/* Abort every multipart upload of key but keep ("" for none) initiated at
+ * or after since (server clock): the orphans of a create whose answer was
+ * lost, or of a crash during one.  0, or -errno when some are left. */
+int s3_mpu_abort_since(struct s3 *s, const char *key, const char *keep, time_t since) WUR;
 
 /* A presigned GET URL for key valid ttl seconds, appended to out. */
 int s3_presign_get(struct s3 *s, const char *key, long ttl, struct buf *out) WUR;

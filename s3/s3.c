@@ -809,10 +809,7 @@ int s3_copy(struct s3 *s, const char *src, const char *dst, const struct s3_hdrs
 	return rc;
 }
 
-/* Abort the uploads of key other than keep begun since `since` (server
- * time): what earlier attempts of a retried CreateMultipartUpload may have
- * created although their answers were lost.  Best effort, logged. */
-static void abort_orphans(struct s3 *s, const char *key, const char *keep, time_t since)
+int s3_mpu_abort_since(struct s3 *s, const char *key, const char *keep, time_t since)
 {
 	struct s3_call c;
 	struct http_resp resp;
@@ -833,15 +830,17 @@ static void abort_orphans(struct s3 *s, const char *key, const char *keep, time_
 	for (size_t i = 0; i < n; i++) {
 		if (strcmp(u[i].upload_id, keep) == 0 || u[i].initiated.tv_sec < since)
 			continue;
-		if (s3_mpu_abort(s, key, u[i].upload_id) < 0)
+		if (s3_mpu_abort(s, key, u[i].upload_id) < 0) {
 			log_warn("cannot abort the orphaned multipart upload of '%s'", key);
-		else
-			log_info("aborted an orphaned multipart upload of '%s' (an answer was lost)",
-				 key);
+			rc = rc ?: -EIO;
+		} else {
+			log_info("aborted an orphaned multipart upload of '%s'", key);
+		}
 	}
 	if (rc < 0)
 		log_warn("cannot list the multipart uploads of '%s': %s", key, strerror(-rc));
 	s3xml_uploads_release(u, n);
+	return rc;
 }
 
 int s3_mpu_create(struct s3 *s, const char *key, const struct s3_hdrs *hdrs, char **upload_id)
@@ -861,7 +860,8 @@ int s3_mpu_create(struct s3 *s, const char *key, const struct s3_hdrs *hdrs, cha
 		if (rc == 0)
 			rc = s3xml_parse_upload_id(resp.body.data, resp.body.len, upload_id);
 		if (resp.attempts > 1 || (rc < 0 && resp.status == 0))
-			abort_orphans(s, key, *upload_id ? *upload_id : "", start);
+			if (s3_mpu_abort_since(s, key, *upload_id ? *upload_id : "", start) < 0)
+				log_debug("orphans of '%s' may be left", key); /* logged */
 		http_resp_release(&resp);
 	}
 	call_release(&c);
