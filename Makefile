@@ -1,8 +1,11 @@
 # cdnfs - a FUSE filesystem that mounts an S3 bucket for CDN-served assets.
 #
 #   make            build ./cdnfs
-#   make check      build, install test dependencies, run unit + integration tests
-#   make asan       the same suite under AddressSanitizer + UBSan (build-asan/)
+#   make check      install test dependencies, then the whole suite three ways:
+#                   check-plain, asan, valgrind (tests/check-all); count last
+#   make check-plain  unit + integration tests on the plain build
+#   make asan       the suite under AddressSanitizer + UBSan (build-asan/)
+#   make valgrind   the core integration tests under valgrind memcheck
 #   make unit       unit tests only
 #   make deps       install the Debian packages the build needs
 #   make test-deps  install the Debian packages the tests need
@@ -23,8 +26,8 @@ DEVELOPER ?= 1
 SANITIZE  ?=
 
 PKGS      := fuse3 libcurl openssl zlib libbrotlienc libbrotlidec libxml-2.0
-PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
-PKG_LIBS   := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
 WARN := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
 	-Wformat=2 -Wwrite-strings -Wvla -Wno-format-nonliteral
@@ -32,9 +35,9 @@ ifeq ($(DEVELOPER),1)
 WARN += -Werror
 endif
 OPT ?= -O2 -g
-CFLAGS_ALL := -std=c11 -D_GNU_SOURCE -DFUSE_USE_VERSION=314 -DCDNFS_VERSION='"$(VERSION)"' \
+CFLAGS_ALL = -std=c11 -D_GNU_SOURCE -DFUSE_USE_VERSION=314 -DCDNFS_VERSION='"$(VERSION)"' \
 	$(OPT) $(WARN) -Iinclude -pthread $(PKG_CFLAGS) $(CFLAGS)
-LDFLAGS_ALL := -pthread $(LDFLAGS)
+LDFLAGS_ALL = -pthread $(LDFLAGS)
 ifneq ($(SANITIZE),)
 CFLAGS_ALL += -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 LDFLAGS_ALL += -fsanitize=address,undefined
@@ -54,7 +57,7 @@ TEST_ENV := CDNFS_BIN=$(abspath $(BUILD)/cdnfs) CDNFS_TOOLS=$(abspath $(BUILD)/t
 	CDNFS_SIGV4_TOOL=$(abspath $(BUILD)/tests/sigv4-tool) \
 	DCACHE_TEST_BIN=$(abspath $(BUILD)/tests/dcache-test)
 
-.PHONY: all check asan unit deps test-deps demo install clean format lint bench fuzz integration crash load
+.PHONY: all check check-plain valgrind asan unit deps test-deps demo install clean format lint bench fuzz integration crash load
 
 all: cdnfs
 
@@ -98,9 +101,14 @@ deps:
 test-deps:
 	tests/deps.sh test
 
-# The whole suite: unit tests, then integration tests through a real mount
-# against a throwaway Ceph RADOS Gateway.  The last line is the count.
-check: test-deps $(BUILD)/cdnfs $(UNIT_BIN) $(TOOL_BIN)
+# The whole suite, three ways (plain, ASan + UBSan, valgrind); the last line
+# is the combined count.
+check: test-deps
+	@tests/check-all
+
+# Unit tests, then integration tests through a real mount against a
+# throwaway Ceph RADOS Gateway.  The last line is the count.
+check-plain: test-deps $(BUILD)/cdnfs $(UNIT_BIN) $(TOOL_BIN)
 	@$(TEST_ENV) tests/run-all $(UNIT_BIN)
 
 integration: test-deps $(BUILD)/cdnfs $(TOOL_BIN)
@@ -125,7 +133,7 @@ load: test-deps $(BUILD)/cdnfs $(TOOL_BIN)
 ASAN_PYTEST := -k 'not test_workflows and not test_cdn_mount and not test_fuzz \
 	and not test_crash and not test_load and not test_verify and not test_mount_helper'
 asan:
-	PYTEST_ADDOPTS="$(ASAN_PYTEST)" $(MAKE) BUILD=build-asan SANITIZE=1 OPT="-O1 -g" check
+	PYTEST_ADDOPTS="$(ASAN_PYTEST)" $(MAKE) --no-print-directory BUILD=build-asan SANITIZE=1 OPT="-O1 -g" check-plain
 
 # Under valgrind memcheck: the plain build, every cdnfs the mount fixture
 # starts wrapped in valgrind (tests/conftest.py CDNFS_WRAPPER), a subset of
@@ -143,11 +151,12 @@ VALGRIND_PYTEST := -k 'test_prefix_mount or test_nested_prefixes_and_markers \
 valgrind: test-deps $(BUILD)/cdnfs $(TOOL_BIN)
 	@CDNFS_WRAPPER="$(VALGRIND)" PYTEST_ADDOPTS="$(VALGRIND_PYTEST)" $(TEST_ENV) tests/run-all
 
-demo: $(BUILD)/cdnfs
-	tests/deps.sh test
+demo: test-deps
+	@$(MAKE) --no-print-directory $(BUILD)/cdnfs
 	CDNFS_BIN=$(abspath $(BUILD)/cdnfs) contrib/demo.sh
 
-bench: $(BUILD)/cdnfs
+bench: test-deps
+	@$(MAKE) --no-print-directory $(BUILD)/cdnfs
 	CDNFS_BIN=$(abspath $(BUILD)/cdnfs) bench/run
 
 include tests/fuzz/fuzz.mk
