@@ -32,13 +32,31 @@ struct attrcache {
 	size_t appended;      /* records appended since the last compaction */
 };
 
-static int parse_line(struct attrcache *ac, char *line)
+/* A "P" record into key and *e; -EINVAL when malformed. */
+static int parse_put(const char *line, struct buf *key, struct ac_entry *e)
 {
-	char key[4200], etag[S3_ETAG_MAX];
+	char k[4200], etag[S3_ETAG_MAX];
 	unsigned long long rsize, sec, size;
 	unsigned int mode, uid, gid;
 	long nsec;
 	int comp;
+
+	if (sscanf(line, "P %4199s %79s %llu %o %u %u %llu %ld %llu %d", k, etag, &rsize, &mode,
+		   &uid, &gid, &sec, &nsec, &size, &comp) != 10 ||
+	    nsec < 0 || nsec > 999999999 || s3_url_decode(key, k, 0) < 0 || key->len == 0 ||
+	    key->len > 1024 || strlen(buf_str(key)) != key->len) /* S3's limit; no NUL */
+		return -EINVAL;
+	memset(e, 0, sizeof(*e));
+	snprintf(e->etag, sizeof(e->etag), "%s", strcmp(etag, "-") ? etag : "");
+	e->rsize = rsize;
+	e->a = (struct fattr){ (mode_t)mode, (uid_t)uid, (gid_t)gid, { (time_t)sec, nsec }, size };
+	e->compressed = comp != 0;
+	return 0;
+}
+
+static int parse_line(struct attrcache *ac, char *line)
+{
+	char key[4200];
 	struct buf dk;
 	struct ac_entry *e, *old = NULL;
 	int rc;
@@ -50,25 +68,17 @@ static int parse_line(struct attrcache *ac, char *line)
 		buf_release(&dk);
 		return 0;
 	}
-	if (sscanf(line, "P %4199s %79s %llu %o %u %u %llu %ld %llu %d", key, etag, &rsize, &mode,
-		   &uid, &gid, &sec, &nsec, &size, &comp) != 10 ||
-	    s3_url_decode(&dk, key, 0) < 0) {
-		buf_release(&dk);
-		return -EINVAL;
-	}
 	e = calloc(1, sizeof(*e));
-	rc = e ? 0 : -ENOMEM;
-	if (e) {
-		snprintf(e->etag, sizeof(e->etag), "%s", strcmp(etag, "-") ? etag : "");
-		e->rsize = rsize;
-		e->a = (struct fattr){ (mode_t)mode, (uid_t)uid, (gid_t)gid,
-				       { (time_t)sec, nsec }, size };
-		e->compressed = comp;
-		rc = htab_put(ac->tab, buf_str(&dk), e, (void **)&old);
-		if (rc < 0)
-			free(e);
-		free(old);
+	if (!e) {
+		buf_release(&dk);
+		return -ENOMEM;
 	}
+	rc = parse_put(line, &dk, e);
+	if (rc == 0)
+		rc = htab_put(ac->tab, buf_str(&dk), e, (void **)&old);
+	if (rc < 0)
+		free(e);
+	free(old);
 	buf_release(&dk);
 	return rc;
 }
@@ -247,4 +257,91 @@ void attrcache_del(struct attrcache *ac, const char *key)
 	pthread_mutex_unlock(&ac->lock);
 	free(old);
 	buf_release(&rec);
+}
+
+struct export_ctx {
+	const char *prefix;
+	size_t plen;
+	int (*keep)(const char *key, const struct ac_entry *e, void *arg);
+	void *arg;
+	struct buf *out;
+	size_t count, max;
+};
+
+static int export_one(const char *key, void *val, void *arg)
+{
+	struct export_ctx *x = arg;
+
+	if (strncmp(key, x->prefix, x->plen) != 0 || (x->keep && !x->keep(key, val, x->arg)))
+		return 0;
+	if (++x->count > x->max)
+		return -E2BIG;
+	return format_put(x->out, key, val);
+}
+
+int attrcache_export(struct attrcache *ac, const char *prefix,
+		     int (*keep)(const char *key, const struct ac_entry *e, void *arg), void *arg,
+		     size_t max, struct buf *out, size_t *count)
+{
+	struct export_ctx x = { prefix, strlen(prefix), keep, arg, out, 0, max };
+	int rc;
+
+	pthread_mutex_lock(&ac->lock);
+	rc = htab_foreach(ac->tab, export_one, &x);
+	pthread_mutex_unlock(&ac->lock);
+	*count = x.count;
+	return rc;
+}
+
+int attrcache_import(struct attrcache *ac, const char *prefix, const char *text, size_t len,
+		     size_t *merged, size_t *bad)
+{
+	size_t plen = strlen(prefix);
+	const char *p = text, *end = text + len;
+	struct buf line, key, rec;
+	int rc = 0;
+
+	*merged = *bad = 0;
+	buf_init(&line, 16384);
+	buf_init(&key, 8192);
+	buf_init(&rec, (size_t)1 << 30);
+	while (rc == 0 && p < end) {
+		const char *nl = memchr(p, '\n', (size_t)(end - p));
+		size_t n = nl ? (size_t)(nl - p) : (size_t)(end - p);
+		struct ac_entry e, *c, *old;
+
+		buf_reset(&line);
+		buf_reset(&key);
+		if (n == 0 || p[0] != 'P' || memchr(p, '\0', n) || buf_add(&line, p, n) < 0 ||
+		    parse_put(buf_str(&line), &key, &e) < 0 || strncmp(buf_str(&key), prefix, plen)) {
+			if (n && p[0] != '#')
+				++*bad;
+			p += n + 1;
+			continue;
+		}
+		p += n + 1;
+		pthread_mutex_lock(&ac->lock);
+		old = htab_get(ac->tab, buf_str(&key));
+		if (!old || strcmp(old->etag, e.etag) != 0 || old->rsize != e.rsize) {
+			c = malloc(sizeof(*c));
+			if (!c || htab_put(ac->tab, buf_str(&key), c, (void **)&old) < 0) {
+				free(c);
+				rc = -ENOMEM;
+			} else {
+				*c = e;
+				free(old);
+				++*merged;
+				rc = format_put(&rec, buf_str(&key), c);
+			}
+		}
+		pthread_mutex_unlock(&ac->lock);
+	}
+	pthread_mutex_lock(&ac->lock);
+	if (rec.len)
+		append(ac, &rec);
+	pthread_mutex_unlock(&ac->lock);
+	buf_release(&line);
+	buf_release(&key);
+	buf_release(&rec);
+	return rc;
 }

@@ -34,4 +34,17 @@ int attrcache_get(struct attrcache *ac, const char *key, const char *etag, uint6
 void attrcache_put(struct attrcache *ac, const char *key, const struct ac_entry *e);
 void attrcache_del(struct attrcache *ac, const char *key);
 
+/* The shared attribute index (attrindex.c) travels in this cache's own
+ * record format.  Export appends a "P" record for every entry whose key
+ * starts with prefix and that keep (may be NULL; called with the cache's
+ * lock held, so it must not call back into the cache) accepts; more than max
+ * records is -E2BIG.  Import merges the "P" records of text whose keys start
+ * with prefix (an entry for the version already cached is left alone);
+ * *merged counts the entries taken, *bad the malformed or foreign lines. */
+int attrcache_export(struct attrcache *ac, const char *prefix,
+		     int (*keep)(const char *key, const struct ac_entry *e, void *arg), void *arg,
+		     size_t max, struct buf *out, size_t *count) WUR;
+int attrcache_import(struct attrcache *ac, const char *prefix, const char *text, size_t len,
+		     size_t *merged, size_t *bad) WUR;
+
 #endif

@@ -57,6 +57,7 @@ static const struct opt opts[] = {
 	{ "invalidate_delay", K_DUR, O(invalidate_delay), "quiet seconds before purges go out (2)" },
 	{ "flush_timeout", K_DUR, O(flush_timeout), "seconds unmount waits for purges (10)" },
 	{ "cloudflare_batch", K_INT, O(cloudflare_batch), "URLs per Cloudflare purge call (100)" },
+	{ "attr_index", K_FLAG, O(attr_index), "share attributes through PREFIX.cdnfs-attrs (1; 0 off)" },
 };
 
 void conf_defaults(struct fs_conf *c)
@@ -67,6 +68,7 @@ void conf_defaults(struct fs_conf *c)
 	c->stat_ttl = 60;
 	c->writeback_delay = 1.0;
 	c->parallel = 16;
+	c->attr_index = 1;
 	c->multipart_size = (uint64_t)8 << 20;
 	c->copy_threshold = (uint64_t)5 << 30;
 	c->read_chunk = (uint64_t)8 << 20;

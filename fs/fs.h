@@ -74,6 +74,7 @@ struct fs_conf {
 	double invalidate_delay;
 	double flush_timeout;
 	int cloudflare_batch;
+	int attr_index;         /* share attributes through PREFIX.cdnfs-attrs (1) */
 };
 
 struct fattr {
@@ -120,6 +121,7 @@ struct fs {
 	struct node *root;
 	struct wb *wb;
 	double started;
+	int aidx_dirty;          /* this mount changed objects: write the index (fs->lock) */
 };
 
 /* The one instance (FUSE's private_data). */
@@ -147,6 +149,19 @@ int tree_key(struct fs *fs, const struct node *n, int marker, struct buf *out) W
 /* Default attributes for a new node of type. */
 void tree_default_attr(struct fs *fs, struct fattr *a, mode_t type);
 int tree_new_root(struct fs *fs) WUR;
+
+/* --- attrindex.c: the shared attribute index, PREFIX.cdnfs-attrs ----------- */
+
+/* Is path (in the mount) the index's reserved name? */
+int aidx_reserved(const struct fs *fs, const char *path);
+/* Is key the index object? */
+int aidx_is_key(const struct fs *fs, const char *key);
+/* A listing of the mount root: merge the index it shows, once per ETag.
+ * Unlocked (network). */
+void aidx_listed(struct fs *fs, const struct s3_list_page *pages, size_t npages);
+/* At unmount, after write-back: write the index when this mount changed
+ * objects (merging the one in S3 first).  Unlocked. */
+void aidx_save(struct fs *fs);
 
 /* --- meta.c: keep the tree current with S3 ---------------------------------- */
 

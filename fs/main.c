@@ -433,6 +433,8 @@ out:
 		log_error("%d change%s could not be sent to S3; kept in '%s' for the next mount",
 			  left, left == 1 ? "" : "s", fs->conf.cache_dir);
 		rc = 1;
+	} else {
+		aidx_save(fs);
 	}
 	if (fs->cdn)
 		(void)cdn_shutdown(fs->cdn, -1); /* it logs what stays in the journal */

@@ -341,6 +341,8 @@ static void merge_listing(struct fs *fs, struct node *dir, const char *prefix,
 				dir->remote = 1;
 				continue;
 			}
+			if (aidx_is_key(fs, k))
+				continue; /* the attribute index: not a file of the mount */
 			merge_entry(fs, dir, k + plen, &p->entries[j], k, start);
 		}
 		for (size_t j = 0; j < p->nprefixes; j++) {
@@ -394,6 +396,8 @@ static int list_dir(struct fs *fs, struct node *dir)
 		recursive = 0;
 		rc = fetch_listing(fs, buf_str(&prefix), 0, 0, &l);
 	}
+	if (rc == 0 && dir == fs->root)
+		aidx_listed(fs, l.pages, l.npages);
 	pthread_mutex_lock(&fs->lock);
 	dir->listing = 0;
 	if (!recursive)

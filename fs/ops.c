@@ -58,8 +58,12 @@ static int resolve_idle(struct fs *fs, const char *path, struct node **out)
 	}
 }
 
+/* A name a new file, directory or rename target may take: within S3's key
+ * length, and not the attribute index's reserved name. */
 static int check_key_len(struct fs *fs, const char *path)
 {
+	if (aidx_reserved(fs, path))
+		return -EPERM;
 	return strlen(fs->conf.prefix) + strlen(path) + 1 > S3_KEY_MAX ? -ENAMETOOLONG : 0;
 }
 

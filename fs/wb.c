@@ -1527,6 +1527,7 @@ static void finish(struct wb *wb, struct wb_job *j, struct snapshot *s)
 	struct node *n = j->node;
 	struct ac_entry e;
 
+	wb->fs->aidx_dirty = 1;
 	if (s->kind == WB_DELETE) {
 		attrcache_del(wb->fs->ac, s->key);
 		wb->n_deleted++;

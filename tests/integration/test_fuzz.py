@@ -45,8 +45,8 @@ def fuzz_build():
 
 
 def test_targets_found():
-    assert TARGETS == ["fuzz_config", "fuzz_creds", "fuzz_status_json",
-                       "fuzz_xml"], TARGETS
+    assert TARGETS == ["fuzz_attr_index", "fuzz_config", "fuzz_creds",
+                       "fuzz_status_json", "fuzz_xml"], TARGETS
     for t in TARGETS:
         seeds = list((FUZZ_DIR / "corpus" / t).iterdir())
         assert len(seeds) >= 5, f"{t}: only {len(seeds)} seeds"

@@ -54,9 +54,12 @@ def status(m):
 
 
 def list_keys(s3, bucket, prefix=""):
+    """The bucket's keys, without the attribute index a mount writes at
+    unmount (".cdnfs-attrs" at the mount root: test_attr_index.py)."""
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket,
                                                          Prefix=prefix)
-    return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
+    return sorted(o["Key"] for p in pages for o in p.get("Contents", [])
+                  if o["Key"].rpartition("/")[2] != ".cdnfs-attrs")
 
 
 def head(s3, bucket, key):
