@@ -251,7 +251,10 @@ void aidx_save(struct fs *fs)
 	size_t count = 0;
 	int fd = -1, zfd = -1, rc;
 
-	if (!fs->conf.attr_index || fs->conf.ro || !fs->aidx_dirty || index_key(fs, &key) < 0)
+	pthread_mutex_lock(&fs->lock);
+	rc = fs->conf.attr_index && !fs->conf.ro && fs->aidx_dirty;
+	pthread_mutex_unlock(&fs->lock);
+	if (!rc || index_key(fs, &key) < 0)
 		return;
 	/* merge what other mounts wrote since we last merged */
 	if (attrcache_get(fs->ac, buf_str(&key), NULL, 0, &last))
@@ -261,12 +264,14 @@ void aidx_save(struct fs *fs)
 	buf_init(&text, (size_t)AIDX_MAX_BYTES);
 	rc = buf_addstr(&text, AIDX_HEADER);
 	pthread_mutex_lock(&fs->lock);
+	fs->aidx_dirty = 0; /* changes from now on make it dirty again */
 	rc = rc ?: attrcache_export(fs->ac, fs->conf.prefix, keep, &kc, AIDX_MAX_ENTRIES, &text,
 				    &count);
 	pthread_mutex_unlock(&fs->lock);
 	if (rc == -E2BIG) {
 		log_warn("attribute index not written: more than %d objects under the mount",
 			 AIDX_MAX_ENTRIES);
+		rc = 0;
 		goto out;
 	}
 	fd = rc < 0 ? rc : tmpfile_fd(fs);
@@ -297,8 +302,12 @@ void aidx_save(struct fs *fs)
 			 (unsigned long long)zlen);
 	}
 out:
-	if (rc < 0)
+	if (rc < 0) {
 		log_warn("attribute index '%s' not written: %s", buf_str(&key), strerror(-rc));
+		pthread_mutex_lock(&fs->lock);
+		fs->aidx_dirty = 1; /* try again later, or at unmount */
+		pthread_mutex_unlock(&fs->lock);
+	}
 	if (fd >= 0)
 		close(fd);
 	if (zfd >= 0)

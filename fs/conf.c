@@ -58,6 +58,7 @@ static const struct opt opts[] = {
 	{ "flush_timeout", K_DUR, O(flush_timeout), "seconds unmount waits for purges (10)" },
 	{ "cloudflare_batch", K_INT, O(cloudflare_batch), "URLs per Cloudflare purge call (100)" },
 	{ "attr_index", K_FLAG, O(attr_index), "share attributes through PREFIX.cdnfs-attrs (1; 0 off)" },
+	{ "attr_index_every", K_DUR, O(attr_index_every), "seconds between index writes of a long mount (600)" },
 };
 
 void conf_defaults(struct fs_conf *c)
@@ -69,6 +70,7 @@ void conf_defaults(struct fs_conf *c)
 	c->writeback_delay = 1.0;
 	c->parallel = 16;
 	c->attr_index = 1;
+	c->attr_index_every = 600.0;
 	c->multipart_size = (uint64_t)8 << 20;
 	c->copy_threshold = (uint64_t)5 << 30;
 	c->read_chunk = (uint64_t)8 << 20;
@@ -224,6 +226,8 @@ static const char *check_bounds(const struct fs_conf *c, const struct opt *o)
 {
 	if (o->off == O(parallel) && (c->parallel < 1 || c->parallel > 256))
 		return "must be 1 to 256";
+	if (o->off == O(attr_index_every) && c->attr_index_every < 1)
+		return "must be at least 1 second";
 	if (o->off == O(multipart_size) &&
 	    (c->multipart_size < (5ULL << 20) || c->multipart_size > (5ULL << 30)))
 		return "must be 5M to 5G (S3's part size limits)";

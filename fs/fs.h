@@ -75,6 +75,7 @@ struct fs_conf {
 	double flush_timeout;
 	int cloudflare_batch;
 	int attr_index;         /* share attributes through PREFIX.cdnfs-attrs (1) */
+	double attr_index_every; /* a long-lived mount rewrites it this often (600) */
 };
 
 struct fattr {
@@ -159,8 +160,10 @@ int aidx_is_key(const struct fs *fs, const char *key);
 /* A listing of the mount root: merge the index it shows, once per ETag.
  * Unlocked (network). */
 void aidx_listed(struct fs *fs, const struct s3_list_page *pages, size_t npages);
-/* At unmount, after write-back: write the index when this mount changed
- * objects (merging the one in S3 first).  Unlocked. */
+/* Write the index when this mount changed objects since the last write
+ * (merging the one in S3 first): at unmount after write-back, and from the
+ * write-back dispatcher every attr_index_every seconds of a long-lived
+ * mount once its queue has been quiet for a while.  Unlocked. */
 void aidx_save(struct fs *fs);
 
 /* --- meta.c: keep the tree current with S3 ---------------------------------- */

@@ -42,6 +42,10 @@
 
 #define WB_MAX_BACKOFF 300.0
 #define PROGRESS_EVERY 10.0
+/* A long-lived mount shares its attribute index every attr_index_every
+ * seconds at most, once the write-back queue has been empty for AIDX_QUIET
+ * (or half the interval, when that is shorter) (attrindex.c). */
+#define AIDX_QUIET 30.0
 #define LAZY_MARKERS 0
 #define WB_RELEASE_WAIT 2
 #define WB_COPY_PART ((uint64_t)512 << 20)
@@ -1835,7 +1839,7 @@ static void *dispatch_main(void *arg)
 {
 	struct wb *wb = arg;
 	struct fs *fs = wb->fs;
-	double last_progress = fs_now();
+	double last_progress = fs_now(), last_index = fs_now(), busy = fs_now();
 	uint64_t last_up = 0;
 
 	pthread_mutex_lock(&fs->lock);
@@ -1845,6 +1849,17 @@ static void *dispatch_main(void *arg)
 		double wakeat;
 
 		progress(wb, &last_progress, &last_up);
+		if (htab_count(wb->jobs) > 0)
+			busy = pc.now;
+		else if (fs->aidx_dirty && pc.now - last_index >= fs->conf.attr_index_every &&
+			 pc.now - busy >= (fs->conf.attr_index_every / 2 < AIDX_QUIET ?
+					   fs->conf.attr_index_every / 2 : AIDX_QUIET)) {
+			last_index = pc.now;
+			pthread_mutex_unlock(&fs->lock);
+			aidx_save(fs);
+			pthread_mutex_lock(&fs->lock);
+			continue;
+		}
 		htab_foreach(wb->jobs, pick_cb, &pc);
 		for (int i = 0; i < pc.n; i++) {
 			pc.ready[i]->running = 1;

@@ -214,3 +214,30 @@ def test_attr_index_off(s3, bucket, mount, rgw):
     (m2.path / INDEX).write_bytes(b"mine")
     flush(m2)
     assert s3.get_object(Bucket=bucket, Key=INDEX)["Body"].read() == b"mine"
+
+
+def test_long_lived_mount_writes_index_periodically(s3, bucket, mount):
+    """attr_index_every: a mount that stays up shares its index once its
+    write-back queue is quiet, without waiting for the unmount."""
+    m = mount(bucket, "attr_index_every=2")
+    (m.path / "first.txt").write_bytes(b"1")
+    flush(m)
+
+    def keys():
+        try:
+            return index_keys(index_text(s3, bucket))
+        except s3.exceptions.NoSuchKey:
+            return set()
+
+    wait_for(lambda: "first.txt" in keys(), timeout=20, what="the index, while mounted")
+    (m.path / "second.txt").write_bytes(b"2")
+    flush(m)
+    wait_for(lambda: keys() == {"first.txt", "second.txt"}, timeout=20,
+             what="the index rewritten with the second file")
+
+
+def test_attr_index_every_bounds(bucket, mount):
+    r = mount.fail(bucket, "attr_index_every=0")
+    assert r.returncode != 0 and not r.mounted
+    assert r.lines == ["cdnfs: bad value '0' for attr_index_every: must be at least 1 second"], \
+        r.stderr
