@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -42,6 +43,8 @@
 
 #define WB_MAX_BACKOFF 300.0
 #define PROGRESS_EVERY 10.0
+/* files up to this size are compressed into memory (a memfd), not a file */
+#define ZMEM_MAX ((uint64_t)1 << 20)
 /* A long-lived mount shares its attribute index every attr_index_every
  * seconds at most, once the write-back queue has been empty for AIDX_QUIET
  * (or half the interval, when that is shorter) (attrindex.c). */
@@ -719,11 +722,17 @@ static int maybe_compress(struct wb *wb, struct snapshot *s, int fd, uint64_t si
 	rules_eval(wb->fs->rules, s->key + strlen(wb->fs->conf.prefix), &rr);
 	if (!rules_should_compress(&rr, size))
 		return 0;
-	snprintf(tmpl, sizeof(tmpl), "%s/z.XXXXXX", wb->dir);
-	z = mkostemp(tmpl, O_CLOEXEC);
-	if (z < 0)
-		return -errno;
-	unlink(tmpl);
+	/* the compressed body of a small file in memory: a file in cache_dir
+	 * costs an inode allocation per upload, the main cost of a tree of
+	 * small files on some file systems (bench/ANALYSIS.md) */
+	z = size <= ZMEM_MAX ? memfd_create("cdnfs-z", MFD_CLOEXEC) : -1;
+	if (z < 0) {
+		snprintf(tmpl, sizeof(tmpl), "%s/z.XXXXXX", wb->dir);
+		z = mkostemp(tmpl, O_CLOEXEC);
+		if (z < 0)
+			return -errno;
+		unlink(tmpl);
+	}
 	if (lseek(fd, 0, SEEK_SET) < 0 || compress_fd(rr.compress, fd, z, zlen) < 0) {
 		close(z);
 		return -EIO;
