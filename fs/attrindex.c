@@ -201,6 +201,7 @@ static int keep(const char *key, const struct ac_entry *e, void *arg)
 {
 	struct keep_ctx *k = arg;
 	struct rule_result rr;
+	struct buf path;
 	struct node *n;
 	int ok = 1;
 
@@ -211,32 +212,27 @@ static int keep(const char *key, const struct ac_entry *e, void *arg)
 		k->private_keys++;
 		return 0;
 	}
-	n = tree_find_key(k->fs, key);
+	buf_init(&path, 8192);
+	if (buf_addch(&path, '/') < 0 || buf_addstr(&path, key + k->plen) < 0) {
+		buf_release(&path);
+		return 1;
+	}
+	if (path.len > 1 && path.data[path.len - 1] == '/')
+		path.data[--path.len] = '\0';
+	n = tree_find(k->fs, buf_str(&path));
 	if (n) {
 		if (n->remote && n->known && !n->job && strcmp(n->etag, e->etag) != 0)
 			ok = 0;
 	} else {
-		/* the parent directory: the key without its last segment */
-		size_t len = strlen(key);
-		char *parent = strndup(key, len);
-		struct node *dir = NULL;
+		char *slash = strrchr(path.data, '/');
+		struct node *dir;
 
-		if (parent) {
-			char *end = parent + len - (len && parent[len - 1] == '/');
-			char *slash;
-
-			*end = '\0';
-			slash = strrchr(parent + k->plen, '/');
-			if (slash)
-				slash[1] = '\0';
-			else
-				parent[k->plen] = '\0';
-			dir = tree_find_key(k->fs, parent);
-			free(parent);
-		}
+		*slash = '\0';
+		dir = tree_find(k->fs, path.len > 1 && slash != path.data ? buf_str(&path) : "/");
 		if (dir && dir->kids && dir->listed > 0)
 			ok = 0; /* listed, and not there: deleted */
 	}
+	buf_release(&path);
 	if (!ok)
 		k->gone++;
 	return ok;
