@@ -123,6 +123,12 @@ struct fs {
 	struct wb *wb;
 	double started;
 	int aidx_dirty;          /* this mount changed objects: write the index (fs->lock) */
+	/* Listings in flight, and keys (or "dir/" prefixes) deleted while one
+	 * was: a listing that began before a delete must not bring the key
+	 * back (meta.c).  Cleared when no listing is in flight. */
+	int listings;
+	struct htab *tombs;      /* key -> (double *) when deleted */
+	double tombs_lost;       /* when a tombstone could not be stored (ENOMEM) */
 };
 
 /* The one instance (FUSE's private_data). */
@@ -132,6 +138,10 @@ extern struct fs *g_fs;
 double fs_now(void);
 
 /* --- tree.c: the namespace; all called with fs->lock held ------------------- */
+
+/* Key (or "dir/" prefix: everything under it) was deleted from S3 just now:
+ * listings in flight must not bring it back.  Locked. */
+void meta_deleted(struct fs *fs, const char *key);
 
 /* Split path "/a/b/c" and walk; NULL when a component is not in the tree. */
 struct node *tree_find(struct fs *fs, const char *path);

@@ -379,6 +379,8 @@ static void teardown(struct fs *fs)
 	attrcache_close(fs->ac);
 	if (fs->root)
 		tree_remove(fs->root);
+	if (fs->tombs)
+		htab_free(fs->tombs, free);
 	s3_free(fs->s3);
 	creds_free(fs->creds);
 	http_free(fs->http);
@@ -401,7 +403,7 @@ static int run(struct fs *fs, struct cmdline *cl)
 	struct fuse_loop_config *lc = NULL;
 	int rc = 1, mounted = 0, left;
 
-	if (tree_new_root(fs) < 0 || attrcache_open(&fs->ac, fs->conf.cache_dir) < 0 ||
+	if (tree_new_root(fs) < 0 || htab_new(&fs->tombs) < 0 || attrcache_open(&fs->ac, fs->conf.cache_dir) < 0 ||
 	    wb_new(&fs->wb, fs) < 0 || wb_recover(fs->wb) < 0)
 		return 1;
 	if (add_fuse_opts(fs, cl) < 0)

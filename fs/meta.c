@@ -11,7 +11,13 @@
  *
  * Listing merge rules: an entry whose key has a pending job keeps its local
  * state; a pending DELETE hides the key; nodes absent from a completed
- * listing are removed unless pinned (a pending job below them).
+ * listing are removed unless pinned (a pending job below them).  A listing
+ * is a picture of the moment it started (`start`): a node this mount changed
+ * after that (an upload finished, a rename; node->seen > start) keeps its
+ * state and is not pruned, and a key deleted after that (fs->tombs) is not
+ * brought back.  Otherwise a listing sent just before an upload finished
+ * would point the node at the old object again, and the read cache would
+ * still hold the old bytes.
  *
  * Attributes: a listing gives size, ETag and Last-Modified; the POSIX
  * metadata comes from the attribute cache (same ETag and size) or, for
@@ -189,6 +195,46 @@ static int valid_rel(const char *rel)
 	}
 }
 
+void meta_deleted(struct fs *fs, const char *key)
+{
+	double *t;
+	void *old = NULL;
+
+	if (fs->listings == 0)
+		return; /* no listing in flight can show it */
+	t = malloc(sizeof(*t));
+	if (!t || htab_put(fs->tombs, key, t, &old) < 0) {
+		/* no memory: the listings in flight are dropped instead */
+		free(t);
+		fs->tombs_lost = fs_now();
+		return;
+	}
+	free(old);
+	*t = fs_now();
+}
+
+/* Was key (or a "dir/" prefix of it) deleted after a listing that began at
+ * start?  Locked. */
+static int tombstoned(struct fs *fs, const char *key, double start)
+{
+	double *t;
+
+	if (htab_count(fs->tombs) == 0)
+		return 0;
+	t = htab_get(fs->tombs, key);
+	if (t && *t >= start)
+		return 1;
+	for (const char *s = strchr(key, '/'); s; s = strchr(s + 1, '/')) {
+		char *prefix = strndup(key, (size_t)(s - key) + 1);
+
+		t = prefix ? htab_get(fs->tombs, prefix) : NULL;
+		free(prefix);
+		if (t && *t >= start)
+			return 1;
+	}
+	return 0;
+}
+
 /* Merge one object entry at rel path (relative to dir, may contain '/'). */
 static void merge_entry(struct fs *fs, struct node *dir, const char *rel,
 			const struct s3_entry *e, const char *fullkey, double now)
@@ -212,14 +258,19 @@ static void merge_entry(struct fs *fs, struct node *dir, const char *rel,
 		memcpy(comp, p, len);
 		comp[len] = '\0';
 		if (p[len] == '/') { /* a directory on the way, or a marker "x/" */
+			int newer;
+
 			n = tree_add(d, comp, S_IFDIR);
 			if (!n)
 				return;
 			if (!n->known)
 				tree_default_attr(fs, &n->a, S_IFDIR);
-			n->seen = now;
+			newer = n->seen > now; /* changed here after the listing began */
+			if (!newer)
+				n->seen = now;
 			if (p[len + 1] == '\0') { /* marker object */
-				merge_marker(fs, n, e, fullkey);
+				if (!newer && !tombstoned(fs, fullkey, now))
+					merge_marker(fs, n, e, fullkey);
 				return;
 			}
 			d = n;
@@ -235,10 +286,14 @@ static void merge_entry(struct fs *fs, struct node *dir, const char *rel,
 	}
 	j = wb_find(fs->wb, fullkey);
 	if (j && (j->kind != WB_META || n)) { /* local state wins; a DELETE hides the key */
-		if (n && j->kind != WB_DELETE)
+		if (n && j->kind != WB_DELETE && n->seen < now)
 			n->seen = now;
 		return;
 	}
+	if (n && n->seen > now)
+		return; /* this mount changed it after the listing began */
+	if (tombstoned(fs, fullkey, now))
+		return; /* deleted after the listing began */
 	if (!n && !(n = tree_add(d, comp, S_IFREG)))
 		return;
 	if (j) { /* a metadata change recovered from the journal */
@@ -253,6 +308,10 @@ static void merge_entry(struct fs *fs, struct node *dir, const char *rel,
 		return;
 	if (strcmp(n->etag, e->etag ? e->etag : "") != 0 || n->rsize != e->size || !n->known) {
 		struct ac_entry ce;
+
+		if (n->etag[0] && strcmp(n->etag, e->etag ? e->etag : "") != 0)
+			log_debug("'%s' changed in S3: etag %s -> %s", fullkey, n->etag,
+				  e->etag ? e->etag : "");
 
 		snprintf(n->etag, sizeof(n->etag), "%s", e->etag ? e->etag : "");
 		n->rsize = e->size;
@@ -303,7 +362,8 @@ static int prune_cb(const char *k, void *v, void *arg)
 			pc->victims[pc->nv++] = n;
 		return 0;
 	}
-	if (n->kids && pc->recursive) {
+	if (n->kids && pc->recursive && n->seen <= pc->start) {
+		/* (a directory moved here after the listing began is not in it) */
 		n->listed = pc->now;
 		htab_foreach(n->kids, prune_cb, pc); /* victims collected across levels */
 	}
@@ -369,11 +429,23 @@ static void merge_listing(struct fs *fs, struct node *dir, const char *prefix,
 			if (n) {
 				if (!n->known && !n->remote)
 					tree_default_attr(fs, &n->a, S_IFDIR);
-				n->seen = start;
+				if (n->seen < start)
+					n->seen = start;
 			}
 		}
 	}
 	prune(dir, start, l->recursive);
+}
+
+/* No listing in flight: no tombstone is needed any more. */
+static void tombs_clear(struct fs *fs)
+{
+	struct htab *fresh_tombs;
+
+	if (htab_count(fs->tombs) == 0 || htab_new(&fresh_tombs) < 0)
+		return; /* (kept: harmless, only listings older than them skip keys) */
+	htab_free(fs->tombs, free);
+	fs->tombs = fresh_tombs;
 }
 
 /* One listing of dir, lock dropped meanwhile. */
@@ -389,6 +461,7 @@ static int list_dir(struct fs *fs, struct node *dir)
 	if (rc < 0)
 		return rc;
 	dir->listing = 1;
+	fs->listings++;
 	pthread_mutex_unlock(&fs->lock);
 	rc = fetch_listing(fs, buf_str(&prefix), recursive, recursive ? RECURSIVE_PAGES : 0, &l);
 	if (rc == 0 && recursive && !l.complete) {
@@ -403,8 +476,12 @@ static int list_dir(struct fs *fs, struct node *dir)
 	if (!recursive)
 		dir->listed_big = 1;
 	/* the dir may have been removed while unlocked: callers re-resolve */
-	if (rc == 0 && dir->kids)
+	if (rc == 0 && dir->kids && fs->tombs_lost < start)
 		merge_listing(fs, dir, buf_str(&prefix), &l, start);
+	/* (else: a delete it may show could not be remembered; the dir stays
+	 * stale, and the caller's walk lists it again) */
+	if (--fs->listings == 0)
+		tombs_clear(fs);
 	pthread_cond_broadcast(&fs->cond);
 	listing_release(&l);
 	buf_release(&prefix);

@@ -203,12 +203,21 @@ out:
 	return rc;
 }
 
+/* Does n's key hold an object in S3: listed, overwritten by its job, or
+ * uploaded by an fsync while the file stays open?  Locked. */
+static int key_has_object(const struct node *n)
+{
+	const struct wb_job *j = n->job;
+
+	return n->remote || (j && (j->existed || j->up_etag[0]));
+}
+
 /* Queue the removal of what n has in S3 (and drop its pending job). Locked. */
 static int remove_remote(struct fs *fs, struct node *n)
 {
 	struct wb_job *j = n->job;
 	struct buf key;
-	int rc = 0, existed = n->remote || (j && j->existed);
+	int rc = 0, existed = key_has_object(n);
 
 	rc = node_key(fs, n, &key);
 	if (rc == 0) {
@@ -572,6 +581,8 @@ static int open_read(struct fs *fs, const char *path, struct ofile *of)
 	/* the kernel may keep its page cache when the object did not change */
 	of->keep_cache = n->kc_hash == hash_str(etag);
 	n->kc_hash = hash_str(etag);
+	log_debug("open '%s': etag %s, %llu bytes%s", path, etag, (unsigned long long)size,
+		  of->keep_cache ? ", kernel cache kept" : "");
 	rc = node_key(fs, n, &key);
 	if (rc == 0) {
 		UNLOCK(fs);
@@ -800,9 +811,14 @@ static int op_release(const char *path, struct fuse_file_info *fi)
 	(void)path;
 	if (of->writable && !of->lazy) {
 		struct stat sb;
-		int have = fstat(of->fd, &sb) == 0;
+		int have;
 
+		/* the size under the lock: another handle may have truncated
+		 * and rewritten the file a moment ago (the kernel sends this
+		 * RELEASE after close() returned, so the next writer may have
+		 * come first), and a size read before that would be stale */
 		LOCK(fs);
+		have = fstat(of->fd, &sb) == 0;
 		if (have && of->job->node)
 			of->job->node->a.size = (uint64_t)sb.st_size;
 		/* even an untouched open-for-write of a new file journals it */
@@ -847,9 +863,10 @@ static int op_flush(const char *path, struct fuse_file_info *fi)
 
 	(void)path;
 	if (of && of->writable && !of->lazy && of->job) {
-		int have = fstat(of->fd, &sb) == 0;
+		int have;
 
-		LOCK(fs);
+		LOCK(fs); /* the size under the lock (op_release) */
+		have = fstat(of->fd, &sb) == 0;
 		rc = of->job->werr;
 		if (have && of->job->node)
 			of->job->node->a.size = (uint64_t)sb.st_size;
@@ -917,6 +934,7 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 		goto out;
 	}
 	attrcache_del(fs->ac, buf_str(&fk));
+	meta_deleted(fs, buf_str(&fk));
 	dcache_forget(fs->dc, buf_str(&fk));
 	/* both names: the old one is gone, the new one may have been cached */
 	if (cdn_purge(fs->cdn, from + 1, 0) < 0 || cdn_purge(fs->cdn, to + 1, 0) < 0)
@@ -956,14 +974,14 @@ static int rename_staged(struct fs *fs, struct node *n, struct node *dir, const 
 {
 	struct node *dst = tree_child(dir, name), *old_parent;
 	struct buf oldkey, newkey;
-	int rc, dst_existed, old_remote = n->remote || n->job->existed;
+	int rc, dst_existed, old_remote = key_has_object(n);
 
 	if (dst && dst->job && dst->job->running) {
 		wb_wait_idle(fs->wb, dst->job);
 		return -EAGAIN; /* the lock was dropped: start again */
 	}
 	/* read dst before tree_move frees it */
-	dst_existed = dst != NULL && (dst->remote || (dst->job && dst->job->existed));
+	dst_existed = dst != NULL && key_has_object(dst);
 	buf_init(&oldkey, 8192);
 	buf_init(&newkey, 8192);
 	old_parent = n->parent;
@@ -976,6 +994,7 @@ static int rename_staged(struct fs *fs, struct node *n, struct node *dir, const 
 		goto out;
 	n->remote = 0;
 	n->job->existed = dst_existed;
+	n->job->up_etag[0] = '\0'; /* (that upload was of the old name) */
 	rc = wb_rekey(fs->wb, n->job, buf_str(&newkey));
 	if (rc == 0 && old_remote)
 		rc = wb_delete(fs->wb, buf_str(&oldkey));

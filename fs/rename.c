@@ -283,6 +283,7 @@ int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 			  strerror(-rc));
 		goto out;
 	}
+	meta_deleted(fs, buf_str(&sk)); /* everything under the old name */
 	if (cdn_purge(fs->cdn, from + 1, 1) < 0 || cdn_purge(fs->cdn, to + 1, 1) < 0)
 		log_error("cannot queue the CDN purge of '%s'", from);
 	rc = meta_resolve(fs, from, &n) ?: meta_resolve_parent(fs, to, &dir, &name);

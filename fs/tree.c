@@ -155,6 +155,8 @@ int tree_move(struct node *n, struct node *dir, const char *name)
 		return -ENOMEM;
 	}
 	n->parent = dir;
+	/* newer than any listing in flight, which cannot show the new name */
+	n->seen = fs_now();
 	return 0;
 }
 

@@ -1543,8 +1543,11 @@ static void finish(struct wb *wb, struct wb_job *j, struct snapshot *s)
 	wb->fs->aidx_dirty = 1;
 	if (s->kind == WB_DELETE) {
 		attrcache_del(wb->fs->ac, s->key);
+		meta_deleted(wb->fs, s->key); /* a listing in flight may still show it */
 		wb->n_deleted++;
 	} else {
+		log_debug("'%s' is in S3: etag %s, %llu bytes", s->key, s->etag,
+			  (unsigned long long)s->a.size);
 		memset(&e, 0, sizeof(e));
 		snprintf(e.etag, sizeof(e.etag), "%s", s->etag);
 		e.rsize = s->rsize;
@@ -1744,6 +1747,16 @@ static void job_run(void *arg)
 		finish(wb, j, &s);
 		purge(wb, &s); /* queued before waiters (a flush) wake up */
 		done = 1;
+	} else if (!j->cancelled && strcmp(j->key, s.key) == 0 && s.kind == WB_PUT) {
+		/* changed while uploading: the key has an object now (an unlink
+		 * or rename before the next upload must delete it, and the next
+		 * upload is an overwrite) */
+		log_debug("'%s' changed while it was uploaded: again later", s.key);
+		if (!j->existed) {
+			j->existed = 1;
+			if (j->journaled)
+				journal_write(wb, j);
+		}
 	} else if (!j->cancelled && strcmp(j->key, s.key) != 0 && s.kind == WB_PUT) {
 		/* renamed while uploading: the old name must go */
 		if (!htab_get(wb->jobs, s.key) && wb_delete(wb, s.key) < 0)

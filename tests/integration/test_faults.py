@@ -15,6 +15,7 @@ import concurrent.futures
 import errno
 import hashlib
 import os
+import threading
 import time
 
 import pytest
@@ -276,3 +277,137 @@ def test_persistent_corruption_is_eio(s3, bucket, mount, proxy):
     assert m.running
     report("persistent corruption", proxy, [r],
            f"; EIO after {seconds:.1f} s ({attempts} attempts)")
+
+
+# ------------------------------------------------- listings racing uploads --
+# A listing is a picture of the bucket when it was sent.  These hold one LIST
+# answer at the proxy (forwarded at once, so RGW answers from the state
+# before the upload or delete) until the upload or delete has landed, then
+# let it through: the old picture must not undo what this mount did
+# meanwhile (it did: the read cache still held the old bytes, and the load
+# test read them).
+
+def hold_next_listing(px):
+    """The next LIST is forwarded now and answered when release is set."""
+    release = threading.Event()
+
+    def hold(req, body):
+        release.wait(HANG_BOUND)
+        return body
+
+    rule = px.add("rewrite", op="LIST", count=1, fn=hold)
+    return rule, release
+
+
+def listdir_in_thread(path):
+    out = {}
+
+    def run():
+        try:
+            out["names"] = sorted(os.listdir(path))
+        except OSError as e:
+            out["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    return t, out
+
+
+def race_mount(mount, bucket, px):
+    # uploads wait 3 s, so the held listing goes out first; stat_ttl=1:
+    # the directory is stale again a second after each listing
+    return mount(bucket, f"endpoint={px.endpoint}", "path_style", "timeout=30",
+                 "writeback_delay=3", "stat_ttl=1")
+
+
+def etag_of(s3, bucket, key):
+    try:
+        return s3.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+    except s3.exceptions.ClientError:
+        return None
+
+
+def test_listing_sent_before_an_upload_does_not_revert_it(s3, bucket, mount, proxy):
+    m = race_mount(mount, bucket, proxy)
+    d = m.path / "d"
+    d.mkdir()
+    f = d / "x.txt"
+    v1, v2 = b"first version\n" * 100, b"the second version\n" * 77
+    f.write_bytes(v1)
+    flush(m)
+    assert f.read_bytes() == v1  # (the read cache holds v1 now)
+    f.write_bytes(v2)  # uploaded 3 s after this close
+    time.sleep(1.2)  # stale: the next readdir lists
+    rule, release = hold_next_listing(proxy)
+    t, out = listdir_in_thread(d)
+    try:
+        wait_for(lambda: rule.hits == 1, what="the LIST to be sent")
+        assert etag_of(s3, bucket, "d/x.txt") == hashlib.md5(v1).hexdigest(), \
+            "v2 landed before the LIST was sent: the race was not set up"
+        wait_for(lambda: etag_of(s3, bucket, "d/x.txt") == hashlib.md5(v2).hexdigest(),
+                 timeout=30, what="v2 to land")
+        time.sleep(0.5)  # cdnfs records the upload as done
+    finally:
+        release.set()
+        t.join(HANG_BOUND)
+    assert out.get("names") == ["x.txt"], out
+    assert os.stat(f).st_size == len(v2)
+    assert f.read_bytes() == v2
+    m.unmount()
+    assert get_object(s3, bucket, "d/x.txt") == v2
+
+
+def test_listing_sent_before_a_delete_does_not_bring_it_back(s3, bucket, mount, proxy):
+    m = race_mount(mount, bucket, proxy)
+    d = m.path / "d"
+    d.mkdir()
+    (d / "keep.txt").write_bytes(b"k")
+    (d / "x.txt").write_bytes(b"doomed\n")
+    flush(m)
+    time.sleep(1.2)
+    os.unlink(d / "x.txt")  # the DELETE goes 3 s later
+    time.sleep(1.2)
+    rule, release = hold_next_listing(proxy)
+    t, out = listdir_in_thread(d)
+    try:
+        wait_for(lambda: rule.hits == 1, what="the LIST to be sent")
+        assert etag_of(s3, bucket, "d/x.txt") is not None, \
+            "the DELETE went before the LIST: the race was not set up"
+        wait_for(lambda: etag_of(s3, bucket, "d/x.txt") is None, timeout=30,
+                 what="the DELETE to land")
+        time.sleep(0.5)
+    finally:
+        release.set()
+        t.join(HANG_BOUND)
+    assert out.get("names") == ["keep.txt"], out
+    assert sorted(os.listdir(d)) == ["keep.txt"]
+    assert not (d / "x.txt").exists()
+
+
+@pytest.mark.parametrize("op", ["unlink", "rename"])
+def test_object_of_an_upload_overtaken_by_a_change_is_removed(s3, bucket, mount, proxy, op):
+    """A new file's upload lands while its mode is changed (rsync: close,
+    chmod, utimes, rename); it is then unlinked (or renamed) before its next
+    upload: the object that landed must go too, not stay behind as an
+    orphan."""
+    m = mount(bucket, f"endpoint={proxy.endpoint}", "path_style", "timeout=30",
+              "writeback_delay=2")
+    release = threading.Event()
+    rule = proxy.add("rewrite", method="PUT", key="n.txt", count=1,
+                     fn=lambda req, body: (release.wait(HANG_BOUND), body)[1])
+    try:
+        (m.path / "n.txt").write_bytes(b"one\n")
+        wait_for(lambda: rule.hits == 1, timeout=30, what="the first PUT")
+        os.chmod(m.path / "n.txt", 0o600)  # while that PUT runs
+        assert get_object(s3, bucket, "n.txt") == b"one\n"  # (RGW has it)
+    finally:
+        release.set()
+    if op == "unlink":
+        os.unlink(m.path / "n.txt")  # waits for that PUT; before the next one
+    else:
+        os.rename(m.path / "n.txt", m.path / "r.txt")
+    flush(m)
+    want = [] if op == "unlink" else ["r.txt"]
+    assert list_keys(s3, bucket) == want
+    if op == "rename":
+        assert get_object(s3, bucket, "r.txt") == b"one\n"

@@ -27,6 +27,7 @@ import errno
 import hashlib
 import os
 import random
+import re
 import threading
 import time
 
@@ -84,7 +85,9 @@ class Model:
 
 
 class Worker:
-    def __init__(self, root, model, seed, deadline):
+    def __init__(self, root, model, seed, deadline, history=None):
+        self.history = history if history is not None else []
+        self.wid = seed
         self.root = root
         self.m = model
         self.rng = random.Random(seed)
@@ -155,16 +158,26 @@ class Worker:
                 return
             first, second = sorted((a, b))
             with self.m.locks[first], self.m.locks[second]:
+                t = time.monotonic()
                 op = self.rename(a, b)
+                self.record(t, op, a, b)
         else:
             with self.m.locks[a]:
+                t = time.monotonic()
                 if r < 0.40:  # (renames off: their share goes to writes)
                     op = self.write(a)
                 elif r < 0.90:
                     op = self.read(a)
                 else:
                     op = self.unlink(a)
+                self.record(t, op, a, None)
         self.ops[op] += 1
+
+    def record(self, t, op, a, b):
+        """(start, end, worker, op, names, state after): printed for the
+        names of a failure."""
+        self.history.append((t, time.monotonic(), self.wid, op, (a, b),
+                             (self.m.state[a], self.m.state[b] if b else None)))
 
     def run(self):
         while time.monotonic() < self.deadline:
@@ -174,6 +187,15 @@ class Worker:
                 self.errors.append(f"{type(e).__name__}: {e} ({errno.errorcode.get(e.errno)})")
             if len(self.errors) > 20:
                 break
+
+
+def story(history, errors, t0):
+    """The operations on the names an error mentions, in time order."""
+    names = set(re.findall(TOP + r"/d\d+/f\d+\.dat", "\n".join(errors)))
+    lines = [f"{a - t0:9.3f} {b - t0:9.3f} w{wid} {op:14} {x} {y or ''} -> {st}"
+             for a, b, wid, op, (x, y), st in sorted(history)
+             if x in names or y in names]
+    return "\n".join(lines[-60:])
 
 
 def test_load_mixed_ops_memory_flat(s3, bucket, mount):
@@ -194,13 +216,16 @@ def test_load_mixed_ops_memory_flat(s3, bucket, mount):
     st = threading.Thread(target=sampler, daemon=True)
     st.start()
     deadline = t0 + SECONDS
-    workers = [Worker(str(m.path), model, 1000 + i, deadline) for i in range(WORKERS)]
+    history = []
+    workers = [Worker(str(m.path), model, 1000 + i, deadline, history)
+               for i in range(WORKERS)]
     with concurrent.futures.ThreadPoolExecutor(WORKERS) as pool:
         for f in [pool.submit(w.run) for w in workers]:
             f.result()
     t_run = time.monotonic() - t0
     errors = [e for w in workers for e in w.errors]
-    assert not errors, f"{len(errors)} errors:\n" + "\n".join(errors[:20])
+    assert not errors, f"{len(errors)} errors:\n" + "\n".join(errors[:20]) + \
+        "\nhistory of those names:\n" + story(history, errors, t0)
     t1 = time.monotonic()
     os.setxattr(m.path, "user.cdnfs.flush", b"1")
     t_flush = time.monotonic() - t1
