@@ -201,7 +201,6 @@ static int keep(const char *key, const struct ac_entry *e, void *arg)
 {
 	struct keep_ctx *k = arg;
 	struct rule_result rr;
-	struct buf path;
 	struct node *n;
 	int ok = 1;
 
@@ -212,27 +211,32 @@ static int keep(const char *key, const struct ac_entry *e, void *arg)
 		k->private_keys++;
 		return 0;
 	}
-	buf_init(&path, 8192);
-	if (buf_addch(&path, '/') < 0 || buf_addstr(&path, key + k->plen) < 0) {
-		buf_release(&path);
-		return 1;
-	}
-	if (path.len > 1 && path.data[path.len - 1] == '/')
-		path.data[--path.len] = '\0';
-	n = tree_find(k->fs, buf_str(&path));
+	n = tree_find_key(k->fs, key);
 	if (n) {
 		if (n->remote && n->known && !n->job && strcmp(n->etag, e->etag) != 0)
 			ok = 0;
 	} else {
-		char *slash = strrchr(path.data, '/');
-		struct node *dir;
+		/* the parent directory: the key without its last segment */
+		size_t len = strlen(key);
+		char *parent = strndup(key, len);
+		struct node *dir = NULL;
 
-		*slash = '\0';
-		dir = tree_find(k->fs, path.len > 1 && slash != path.data ? buf_str(&path) : "/");
+		if (parent) {
+			char *end = parent + len - (len && parent[len - 1] == '/');
+			char *slash;
+
+			*end = '\0';
+			slash = strrchr(parent + k->plen, '/');
+			if (slash)
+				slash[1] = '\0';
+			else
+				parent[k->plen] = '\0';
+			dir = tree_find_key(k->fs, parent);
+			free(parent);
+		}
 		if (dir && dir->kids && dir->listed > 0)
 			ok = 0; /* listed, and not there: deleted */
 	}
-	buf_release(&path);
 	if (!ok)
 		k->gone++;
 	return ok;

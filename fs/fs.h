@@ -145,6 +145,9 @@ void meta_deleted(struct fs *fs, const char *key);
 
 /* Split path "/a/b/c" and walk; NULL when a component is not in the tree. */
 struct node *tree_find(struct fs *fs, const char *path);
+/* The node of an S3 key under the mount's prefix (a "dir/" marker's key
+ * gives the directory), or NULL. */
+struct node *tree_find_key(struct fs *fs, const char *key);
 /* Child of dir by name, or NULL. */
 struct node *tree_child(struct node *dir, const char *name);
 /* Create (or return the existing) child; NULL on ENOMEM. */

@@ -566,24 +566,15 @@ static int collect_cb(const char *name, void *v, void *arg)
 /* Apply HEAD results to the children of dir that still match. */
 static void apply_heads(struct fs *fs, struct node *dir, struct collect_ctx *cc)
 {
-	size_t plen = strlen(fs->conf.prefix);
-
 	for (size_t i = 0; i < cc->n; i++) {
 		struct head_job *hj = &cc->jobs[i];
 		struct node *n;
-		struct buf path;
 
 		if (hj->rc < 0)
 			continue;
-		buf_init(&path, 8192);
-		if (buf_addch(&path, '/') == 0 && buf_addstr(&path, hj->key + plen) == 0) {
-			if (path.len > 1 && path.data[path.len - 1] == '/')
-				path.data[--path.len] = '\0';
-			n = tree_find(fs, buf_str(&path));
-			if (n && n->parent == dir && !n->job && strcmp(n->etag, hj->obj.etag) == 0)
-				meta_apply_head(fs, n, &hj->obj);
-		}
-		buf_release(&path);
+		n = tree_find_key(fs, hj->key);
+		if (n && n->parent == dir && !n->job && strcmp(n->etag, hj->obj.etag) == 0)
+			meta_apply_head(fs, n, &hj->obj);
 	}
 }
 

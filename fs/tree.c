@@ -90,6 +90,24 @@ struct node *tree_find(struct fs *fs, const char *path)
 	return n;
 }
 
+struct node *tree_find_key(struct fs *fs, const char *key)
+{
+	size_t plen = strlen(fs->conf.prefix);
+	struct node *n = NULL;
+	struct buf path;
+
+	if (strncmp(key, fs->conf.prefix, plen) != 0)
+		return NULL;
+	buf_init(&path, 8192);
+	if (buf_addch(&path, '/') == 0 && buf_addstr(&path, key + plen) == 0) {
+		if (path.len > 1 && path.data[path.len - 1] == '/')
+			path.data[--path.len] = '\0'; /* a "dir/" marker: the directory */
+		n = tree_find(fs, buf_str(&path));
+	}
+	buf_release(&path);
+	return n;
+}
+
 static void node_free(void *p)
 {
 	struct node *n = p;

@@ -63,6 +63,7 @@ struct wb {
 	pthread_cond_t cond;   /* with fs->lock: wakes the dispatcher */
 	int started, stop;
 	double next_wake;
+	int aidx_queued;        /* an index write is queued or running (fs->lock) */
 	uint64_t n_uploaded, n_failed, n_deleted;
 };
 
@@ -1857,6 +1858,17 @@ static void progress(struct wb *wb, double *last, uint64_t *last_up)
 	*last_up = hs.bytes_up;
 }
 
+/* The periodic write of the attribute index, on an upload worker. */
+static void aidx_job(void *arg)
+{
+	struct wb *wb = arg;
+
+	aidx_save(wb->fs);
+	pthread_mutex_lock(&wb->fs->lock);
+	wb->aidx_queued = 0;
+	pthread_mutex_unlock(&wb->fs->lock);
+}
+
 static void *dispatch_main(void *arg)
 {
 	struct wb *wb = arg;
@@ -1873,14 +1885,15 @@ static void *dispatch_main(void *arg)
 		progress(wb, &last_progress, &last_up);
 		if (htab_count(wb->jobs) > 0)
 			busy = pc.now;
-		else if (fs->aidx_dirty && pc.now - last_index >= fs->conf.attr_index_every &&
+		else if (fs->aidx_dirty && !wb->aidx_queued &&
+			 pc.now - last_index >= fs->conf.attr_index_every &&
 			 pc.now - busy >= (fs->conf.attr_index_every / 2 < AIDX_QUIET ?
 					   fs->conf.attr_index_every / 2 : AIDX_QUIET)) {
+			/* on an upload worker, not here: uploads that arrive
+			 * meanwhile must not wait for it (wq_free at shutdown
+			 * waits for it, before the unmount's own write) */
 			last_index = pc.now;
-			pthread_mutex_unlock(&fs->lock);
-			aidx_save(fs);
-			pthread_mutex_lock(&fs->lock);
-			continue;
+			wb->aidx_queued = wq_push(wb->workers, aidx_job, wb) == 0;
 		}
 		htab_foreach(wb->jobs, pick_cb, &pc);
 		for (int i = 0; i < pc.n; i++) {
