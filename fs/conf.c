@@ -59,6 +59,7 @@ static const struct opt opts[] = {
 	{ "cloudflare_batch", K_INT, O(cloudflare_batch), "URLs per Cloudflare purge call (100)" },
 	{ "attr_index", K_FLAG, O(attr_index), "share attributes through PREFIX.cdnfs-attrs (1; 0 off)" },
 	{ "attr_index_every", K_DUR, O(attr_index_every), "seconds between index writes of a long mount (600)" },
+	{ "xattr_journal", K_FLAG, O(xattr_journal), "journal a staged file in its own xattr (1; 0: a file)" },
 };
 
 void conf_defaults(struct fs_conf *c)
@@ -71,6 +72,7 @@ void conf_defaults(struct fs_conf *c)
 	c->parallel = 16;
 	c->attr_index = 1;
 	c->attr_index_every = 600.0;
+	c->xattr_journal = 1;
 	c->multipart_size = (uint64_t)8 << 20;
 	c->copy_threshold = (uint64_t)5 << 30;
 	c->read_chunk = (uint64_t)8 << 20;

@@ -101,6 +101,7 @@ struct dc_entry {
 	int doomed;
 	int err;                      /* the last failed fetch, for its waiters */
 	int meta_busy;                /* a thread is writing the sidecar */
+	int meta_lazy;                /* adopted: the sidecar waits (dcache_sync_lazy) */
 	uint64_t meta_seq, meta_saved; /* bitmap/version changes; written up to */
 	struct timespec atime;        /* last use, for the LRU order at open */
 };
@@ -119,6 +120,7 @@ struct dcache {
 	struct htab *index;           /* HASH -> entry */
 	struct dc_list lru, doomed;
 	int jobs;                     /* read-ahead jobs queued or running */
+	uint64_t lazy;                /* entries with meta_lazy set */
 	struct dcache_stats st;       /* files is computed on demand */
 };
 
@@ -321,6 +323,19 @@ out:
 	return rc;
 }
 
+/* Set or clear meta_lazy, keeping the count.  dc->lock held (or no other
+ * thread yet). */
+static void entry_lazy(struct dcache *dc, struct dc_entry *e, int lazy)
+{
+	if (e->meta_lazy == lazy)
+		return;
+	e->meta_lazy = lazy;
+	if (lazy)
+		dc->lazy++;
+	else
+		dc->lazy--;
+}
+
 /* Take (etag, size, compressed) with an empty bitmap.  e->bytes becomes 0:
  * the caller fixes dc->st.bytes. */
 static int entry_set_version(struct dcache *dc, struct dc_entry *e, const char *etag,
@@ -348,6 +363,7 @@ static int entry_set_version(struct dcache *dc, struct dc_entry *e, const char *
 	snprintf(e->etag, sizeof(e->etag), "%s", etag);
 	e->bytes = 0;
 	e->meta_seq++;
+	entry_lazy(dc, e, 0); /* a fetched version records its chunks as they come */
 	return 0;
 }
 
@@ -396,6 +412,7 @@ static void entry_doom(struct dcache *dc, struct dc_entry *e)
 	htab_del(dc->index, e->hash);
 	list_remove(&dc->lru, e);
 	dc->st.bytes -= e->bytes;
+	entry_lazy(dc, e, 0);
 	e->doomed = 1;
 	list_append(&dc->doomed, e);
 }
@@ -532,7 +549,7 @@ static void meta_sync(struct dcache *dc, struct dc_entry *e)
 	buf_init(&text, DC_META_MAX);
 	pthread_mutex_lock(&dc->lock);
 	/* No sidecar for a file not (yet) holding this version: opening/trunc. */
-	while (!e->meta_busy && !e->doomed && !e->opening && !e->trunc &&
+	while (!e->meta_busy && !e->doomed && !e->opening && !e->trunc && !e->meta_lazy &&
 	       e->meta_seq != e->meta_saved) {
 		seq = e->meta_seq;
 		buf_reset(&text);
@@ -1015,14 +1032,14 @@ int dcache_fill(struct dc_file *f)
 /* Move the staged file into place for an entry this thread marked opening. */
 static int adopt_file(struct dcache *dc, struct dc_entry *e, const char *staged)
 {
-	int rc = subdir_make(dc, e);
+	int rc = unlink_quiet(e->meta); /* the old version's claims go first */
 
-	if (rc == 0)
-		rc = unlink_quiet(e->meta); /* the old version's claims go first */
+	/* (staged files are 0600 already; the subdirectory is made when the
+	 * rename says it is missing, not tried before every rename) */
 	if (rc == 0 && rename(staged, e->path) < 0)
-		rc = -errno;
-	if (rc == 0 && chmod(e->path, 0600) < 0)
-		rc = -errno;
+		rc = errno == ENOENT && access(staged, F_OK) == 0 ? subdir_make(dc, e) ?: 1 : -errno;
+	if (rc == 1)
+		rc = rename(staged, e->path) < 0 ? -errno : 0;
 	if (rc < 0)
 		log_warn("cannot move '%s' into the cache as '%s': %s", staged, e->path,
 			 strerror(-rc));
@@ -1053,14 +1070,49 @@ int dcache_adopt(struct dcache *dc, const char *key, const char *etag, uint64_t 
 	if (rc == 0) {
 		e->trunc = 0;
 		entry_mark_all(dc, e);
+		/* the sidecar later (dcache_sync_lazy): a file per upload is
+		 * the main cost of a tree of small files (bench/ANALYSIS.md) */
+		if (!e->doomed)
+			entry_lazy(dc, e, 1);
 	} else if (!e->doomed) {
 		entry_doom(dc, e); /* whatever was cached for key is stale now */
 	}
 	e->opening = 0;
 	pthread_cond_broadcast(&dc->cond);
 	pthread_mutex_unlock(&dc->lock);
-	entry_release(dc, e); /* writes the sidecar, may evict */
+	entry_release(dc, e); /* may evict */
 	return rc;
+}
+
+uint64_t dcache_lazy_count(struct dcache *dc)
+{
+	uint64_t n;
+
+	pthread_mutex_lock(&dc->lock);
+	n = dc->lazy;
+	pthread_mutex_unlock(&dc->lock);
+	return n;
+}
+
+void dcache_sync_lazy(struct dcache *dc)
+{
+	struct dc_entry *batch[64];
+	size_t n;
+
+	do {
+		n = 0;
+		pthread_mutex_lock(&dc->lock);
+		for (struct dc_entry *e = dc->lru.head; e && n < ARRAY_SIZE(batch); e = e->next) {
+			if (!e->meta_lazy || e->opening)
+				continue;
+			entry_lazy(dc, e, 0);
+			e->refs++;
+			batch[n++] = e;
+		}
+		pthread_mutex_unlock(&dc->lock);
+		for (size_t i = 0; i < n; i++)
+			entry_release(dc, batch[i]); /* writes the sidecar */
+	} while (n == ARRAY_SIZE(batch));
 }
 
 void dcache_forget(struct dcache *dc, const char *key)
@@ -1473,6 +1525,16 @@ int dcache_open(struct dcache **out, const struct dcache_conf *conf, struct s3 *
 	rc = mkdir_private(dc->dir);
 	if (rc == 0)
 		rc = mkdir_private(dc->data);
+	/* the 256 subdirectories now, not one by one during a deploy */
+	for (int i = 0; rc == 0 && i < 256; i++) {
+		char *sub = NULL;
+
+		if (asprintf(&sub, "%s/%02x", dc->data, i) < 0)
+			rc = -ENOMEM;
+		else
+			rc = mkdir_private(sub);
+		free(sub);
+	}
 	if (rc == 0)
 		rc = scan(dc);
 	if (rc < 0) {
@@ -1500,8 +1562,11 @@ void dcache_close(struct dcache *dc)
 	while (dc->jobs)
 		pthread_cond_wait(&dc->cond, &dc->lock);
 	pthread_mutex_unlock(&dc->lock);
-	/* Sidecars are written as chunks arrive; this retries failed writes. */
-	for (e = dc->lru.head; e; e = e->next)
+	/* Sidecars are written as chunks arrive; this retries failed writes
+	 * and writes those of adopted files not written yet. */
+	for (e = dc->lru.head; e; e = e->next) {
+		entry_lazy(dc, e, 0);
 		meta_sync(dc, e);
+	}
 	dcache_destroy(dc);
 }

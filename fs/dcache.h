@@ -90,6 +90,12 @@ int dcache_adopt(struct dcache *dc, const char *key, const char *etag, uint64_t 
 /* Drop whatever is cached for key (a copy in use: when its last reference
  * goes). */
 void dcache_forget(struct dcache *dc, const char *key);
+/* dcache_adopt leaves the sidecar of the adopted file for later: these
+ * write them (the write-back layer calls this once its queue is quiet;
+ * dcache_close writes the rest).  Until then a crash loses those files from
+ * the cache, never data.  Unlocked. */
+void dcache_sync_lazy(struct dcache *dc);
+uint64_t dcache_lazy_count(struct dcache *dc);
 
 /* bytes: chunks present in the indexed files (doomed copies not counted);
  * files: indexed files; hits/misses: dcache_read calls served from the disk

@@ -76,6 +76,7 @@ struct fs_conf {
 	int cloudflare_batch;
 	int attr_index;         /* share attributes through PREFIX.cdnfs-attrs (1) */
 	double attr_index_every; /* a long-lived mount rewrites it this often (600) */
+	int xattr_journal;      /* a staged file's journal entry in its xattr (1) */
 };
 
 struct fattr {

@@ -26,6 +26,7 @@
 #include <strings.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #include "attrcache.h"
@@ -49,9 +50,17 @@
  * seconds at most, once the write-back queue has been empty for AIDX_QUIET
  * (or half the interval, when that is shorter) (attrindex.c). */
 #define AIDX_QUIET 30.0
+/* The read-cache sidecars of uploaded files are written once the queue has
+ * been empty this long (dcache_sync_lazy). */
+#define LAZY_QUIET 2.0
 #define LAZY_MARKERS 0
 #define WB_RELEASE_WAIT 2
 #define WB_COPY_PART ((uint64_t)512 << 20)
+/* The journal entry of a job with staged data lives in this extended
+ * attribute of its SEQ.data (xattr_journal=1): one file per upload, not
+ * two.  Jobs without data, and file systems without user xattrs, use
+ * SEQ.job files.  Either way the text is the same. */
+#define JOB_XATTR "user.cdnfs.job"
 
 struct wb {
 	struct fs *fs;
@@ -64,7 +73,9 @@ struct wb {
 	int started, stop;
 	double next_wake;
 	int aidx_queued;        /* an index write is queued or running (fs->lock) */
+	int lazy_queued;        /* a dcache_sync_lazy is queued or running (fs->lock) */
 	uint64_t n_uploaded, n_failed, n_deleted;
+	int xattr;              /* journal in xattrs (conf, until ENOTSUP) */
 };
 
 static void stream_kill(struct wb *wb, struct wb_job *j);
@@ -185,6 +196,21 @@ static void journal_write(struct wb *wb, struct wb_job *j)
 	sum = fnv1a(b.data, b.len);
 	if (j->journaled && j->jsum == sum && j->jlen == b.len)
 		goto out;
+	if (j->data && (j->jx || (!j->journaled && wb->xattr))) {
+		/* setxattr replaces the whole value at once */
+		rc = setxattr(j->data, JOB_XATTR, b.data, b.len, 0) < 0 ? -errno : 0;
+		if (rc == 0) {
+			j->jx = 1;
+			goto done;
+		}
+		if (rc == -ENOTSUP && wb->xattr) {
+			wb->xattr = 0;
+			log_info("'%s' has no user extended attributes: the journal uses a "
+				 "file per upload", wb->dir);
+		}
+		j->jx = 0; /* a SEQ.job file now; it wins over the xattr */
+		j->journaled = 0;
+	}
 	rc = j->journaled ? journal_rewrite(j, buf_str(&path), &b) : -ENOENT;
 	if (rc == -ENOENT) {
 		rc = job_path(wb, j->seq, "tmp", &tmp);
@@ -195,6 +221,7 @@ static void journal_write(struct wb *wb, struct wb_job *j)
 		j->journaled = 0;
 		goto out;
 	}
+done:
 	j->journaled = 1;
 	j->jlen = b.len;
 	j->jsum = sum;
@@ -212,8 +239,12 @@ static void journal_remove(struct wb *wb, uint64_t seq, int with_data)
 	if (job_path(wb, seq, "job", &p) == 0)
 		unlink(buf_str(&p));
 	buf_reset(&p);
-	if (with_data && job_path(wb, seq, "data", &p) == 0)
-		unlink(buf_str(&p));
+	if (job_path(wb, seq, "data", &p) == 0) {
+		if (with_data)
+			unlink(buf_str(&p));
+		else if (wb->xattr) /* the data file lives on (read cache) */
+			(void)removexattr(buf_str(&p), JOB_XATTR);
+	}
 	buf_release(&p);
 }
 
@@ -1869,6 +1900,17 @@ static void aidx_job(void *arg)
 	pthread_mutex_unlock(&wb->fs->lock);
 }
 
+/* The read cache's deferred sidecars, on an upload worker. */
+static void lazy_job(void *arg)
+{
+	struct wb *wb = arg;
+
+	dcache_sync_lazy(wb->fs->dc);
+	pthread_mutex_lock(&wb->fs->lock);
+	wb->lazy_queued = 0;
+	pthread_mutex_unlock(&wb->fs->lock);
+}
+
 static void *dispatch_main(void *arg)
 {
 	struct wb *wb = arg;
@@ -1895,6 +1937,9 @@ static void *dispatch_main(void *arg)
 			last_index = pc.now;
 			wb->aidx_queued = wq_push(wb->workers, aidx_job, wb) == 0;
 		}
+		if (htab_count(wb->jobs) == 0 && !wb->lazy_queued && pc.now - busy >= LAZY_QUIET &&
+		    dcache_lazy_count(fs->dc) > 0)
+			wb->lazy_queued = wq_push(wb->workers, lazy_job, wb) == 0;
 		htab_foreach(wb->jobs, pick_cb, &pc);
 		for (int i = 0; i < pc.n; i++) {
 			pc.ready[i]->running = 1;
@@ -1929,6 +1974,7 @@ int wb_new(struct wb **out, struct fs *fs)
 		return -ENOMEM;
 	wb->fs = fs;
 	wb->next_seq = 1;
+	wb->xattr = fs->conf.xattr_journal;
 	pthread_cond_init(&wb->cond, NULL);
 	if (asprintf(&wb->dir, "%s/staging", fs->conf.cache_dir) < 0) {
 		wb->dir = NULL;
@@ -2100,26 +2146,49 @@ static void attach_node(struct wb *wb, struct wb_job *j)
 	}
 }
 
-static int recover_one(struct wb *wb, const char *name)
+/* The journal text of job seq: SEQ.job, else the xattr of SEQ.data.  Length
+ * (> 0), 0 when there is none, -errno. */
+static ssize_t job_text(struct wb *wb, uint64_t seq, char *text, size_t size, int *jx)
 {
 	struct buf path;
+	ssize_t n = -1;
+	int fd, rc;
+
+	buf_init(&path, 4096);
+	*jx = 0;
+	rc = job_path(wb, seq, "job", &path);
+	fd = rc == 0 ? open(buf_str(&path), O_RDONLY | O_CLOEXEC) : -1;
+	if (fd >= 0) {
+		n = read(fd, text, size - 1);
+		close(fd);
+	} else if (rc == 0 && errno == ENOENT) {
+		buf_reset(&path);
+		rc = job_path(wb, seq, "data", &path);
+		n = rc == 0 ? getxattr(buf_str(&path), JOB_XATTR, text, size - 1) : -1;
+		if (n < 0 && (errno == ENODATA || errno == ENOTSUP || errno == ENOENT))
+			n = 0;
+		*jx = n > 0;
+	}
+	buf_release(&path);
+	if (n > 0)
+		text[n] = '\0';
+	return n < 0 ? -EIO : n;
+}
+
+static int recover_one(struct wb *wb, const char *name)
+{
 	char text[16384];
 	uint64_t seq = strtoull(name, NULL, 10);
 	struct wb_job *j = NULL, *old;
 	ssize_t n;
-	int fd, rc;
+	int rc, jx;
 
-	buf_init(&path, 4096);
-	rc = job_path(wb, seq, "job", &path);
-	fd = rc == 0 ? open(buf_str(&path), O_RDONLY | O_CLOEXEC) : -1;
-	n = fd >= 0 ? read(fd, text, sizeof(text) - 1) : -1;
-	if (fd >= 0)
-		close(fd);
-	buf_release(&path);
+	n = job_text(wb, seq, text, sizeof(text), &jx);
 	if (n <= 0)
-		return -EIO;
-	text[n] = '\0';
+		return n == 0 ? 0 : -EIO;
 	rc = parse_job(wb, seq, text, &j);
+	if (rc == 0)
+		j->jx = jx;
 	if (rc < 0) {
 		log_warn("ignoring a damaged journal entry %" PRIu64, seq);
 		return rc;
@@ -2152,6 +2221,18 @@ static int recover_one(struct wb *wb, const char *name)
 
 /* Data files with no journal entry belong to files that were never closed:
  * drop them (never upload half-written data); likewise leftover temp files. */
+/* Does SEQ.job exist for the file NAME (SEQ.something)? */
+static int has_job_file(struct wb *wb, const char *name)
+{
+	struct buf p;
+	int rc;
+
+	buf_init(&p, 4096);
+	rc = job_path(wb, strtoull(name, NULL, 10), "job", &p) == 0 && access(buf_str(&p), F_OK) == 0;
+	buf_release(&p);
+	return rc;
+}
+
 static void drop_orphans(struct wb *wb, DIR *d)
 {
 	struct dirent *de;
@@ -2170,9 +2251,9 @@ static void drop_orphans(struct wb *wb, DIR *d)
 		buf_init(&p, 4096);
 		if (strcmp(dot, ".tmp") == 0)
 			orphan = 1;
-		else if (strcmp(dot, ".data") == 0 &&
-			 job_path(wb, strtoull(de->d_name, NULL, 10), "job", &p) == 0)
-			orphan = access(buf_str(&p), F_OK) != 0;
+		else if (strcmp(dot, ".data") == 0 && !has_job_file(wb, de->d_name) &&
+			 job_path(wb, strtoull(de->d_name, NULL, 10), "data", &p) == 0)
+			orphan = getxattr(buf_str(&p), JOB_XATTR, NULL, 0) < 0;
 		buf_release(&p);
 		if (orphan) {
 			log_info("dropping '%s/%s': never closed before the last stop", wb->dir,
@@ -2196,7 +2277,10 @@ int wb_recover(struct wb *wb)
 
 		if (!dot || de->d_name[0] < '0' || de->d_name[0] > '9')
 			continue;
-		if (strcmp(dot, ".job") == 0 && recover_one(wb, de->d_name) > 0)
+		/* SEQ.job, or SEQ.data holding its entry in an xattr (not
+		 * both: a SEQ.job wins, and is found under its own name) */
+		if ((strcmp(dot, ".job") == 0 || (strcmp(dot, ".data") == 0 && !has_job_file(wb, de->d_name))) &&
+		    recover_one(wb, de->d_name) > 0)
 			count++;
 	}
 	drop_orphans(wb, d);

@@ -63,6 +63,7 @@ struct wb_job {
 	int nonseq;           /* not written sequentially from 0: no streaming */
 	struct wb_stream *stream; /* parts sent while the file is written */
 	int journaled;        /* SEQ.job exists: rewritten in place */
+	int jx;               /* ... or it is the xattr JOB_XATTR of SEQ.data */
 	size_t jlen;          /* its length */
 	uint64_t jsum;        /* hash of its text: an unchanged entry is not rewritten */
 };

@@ -65,7 +65,8 @@ class Run:
         self.lines = out.splitlines()
         self.errors = [l for l in self.lines if l.startswith("err ")]
         self.stats = [self._kv(l) for l in self.lines if l.startswith("stats ")]
-        self.final = self._kv(next(l for l in self.lines if l.startswith("final ")))
+        final = [l for l in self.lines if l.startswith("final ")]
+        self.final = self._kv(final[0]) if final else None  # None: "crash"
 
     @staticmethod
     def _kv(line):
@@ -334,6 +335,37 @@ def test_compressed_bad(s3server, s3, bucket, tmp_path):
                         f"err read good -{EIO}"]
     assert r.starting("read") == [["plain", sha(data), "3000"], ["good", sha(data), "3000"]]
     assert r.stats[0]["bytes"] == 6000
+
+
+def test_adopt_defers_the_sidecar(s3server, s3, bucket, tmp_path):
+    """An adopted (uploaded) file gets its sidecar from dcache_sync_lazy or
+    at close, not at once; a crash before that loses the cached copy (it is
+    fetched again, right), never gives wrong bytes."""
+    cache = tmp_path / "c"
+    data = os.urandom(CHUNK + 77)
+    v = put(s3, bucket, "k", data)
+    h = key_hash("k")
+    f = cache / "data" / h[:2] / h
+    meta = Path(str(f) + ".meta")
+    cache.mkdir()
+    cache.joinpath("staged").write_bytes(data)
+    r = run(s3server, cache, bucket, "adopt", "k", v.etag, len(data), cache / "staged",
+            "lazy", "crash")
+    assert r.errors == [] and r.starting("lazy") == [["1"]] and r.final is None
+    assert f.exists() and not meta.exists()
+    r = run(s3server, cache, bucket, "read", *v.ver(), "stats")
+    assert r.starting("read")[0] == ["k", sha(data), str(len(data))]
+    assert r.stats[0]["fetched"] == len(data)  # the copy without a sidecar was dropped
+
+    cache.joinpath("staged").write_bytes(data)
+    run(s3server, cache, bucket, "forget", "k")
+    r = run(s3server, cache, bucket, "adopt", "k", v.etag, len(data), cache / "staged",
+            "lazy", "synclazy", "lazy", "crash")
+    assert r.errors == [] and r.starting("lazy") == [["1"], ["0"]]
+    assert f"etag {v.etag}\n" in meta.read_text()
+    r = run(s3server, cache, bucket, "read", *v.ver(), "stats")
+    assert r.starting("read")[0] == ["k", sha(data), str(len(data))]
+    assert r.stats[0]["fetched"] == 0  # kept across the crash
 
 
 def test_adopt_and_forget(s3server, s3, bucket, tmp_path):

@@ -1101,15 +1101,52 @@ def test_late_release_of_an_earlier_writer(s3, bucket, mount):
     assert not bad, f"{len(bad)} sizes wrong after a remount, e.g. {bad[:5]}"
 
 
+
+def test_uploaded_files_cached_then_recorded_when_quiet(s3, bucket, mount, rgw):
+    """An uploaded file becomes its read-cache copy at once (reading it
+    costs no GET); the cache's record of it (the sidecar) is written once
+    the upload queue has been quiet for 2 s, without an unmount, so a crash
+    after that keeps the copy."""
+    m = mount(bucket, "writeback_delay=0.2")
+    data = {f"q/f{i}.txt": f"file {i}\n".encode() * (i + 1) for i in range(6)}
+    os.makedirs(m.path / "q")
+    for k, v in data.items():
+        (m.path / k).write_bytes(v)
+    flush(m)
+    datadir = next(m.cache_dir.glob("*/data"))
+
+    def files():
+        return [p for p in datadir.rglob("*") if p.is_file()]
+
+    # (the rename into the cache follows the upload's completion)
+    wait_for(lambda: len([p for p in files() if not p.name.endswith(".meta")]) == len(data),
+             timeout=10, what="the uploaded files in the cache")
+    with rgw.window(bucket) as w:
+        assert all(read_file(m.path / k) == v for k, v in data.items())
+    assert w.count(op="GET") == 0, w.describe()
+    wait_for(lambda: len([p for p in files() if p.name.endswith(".meta")]) == len(data),
+             timeout=20, what="the sidecars")
+    m.proc.kill()  # kill -9: what was recorded must be enough
+    m.proc.wait()
+    lazy_unmount(m.path)
+    m.start()
+    with rgw.window(bucket) as w:
+        assert all(read_file(m.path / k) == v for k, v in data.items())
+    assert w.count(op="GET") == 0, w.describe()
+
+
 # ------------------------------------------------------------------ crashes --
 
-def test_kill9_during_copy(s3, bucket, mount):
+@pytest.mark.parametrize("journal", ["xattr", "files"])
+def test_kill9_during_copy(s3, bucket, mount, journal):
     """SIGKILL while a tree is being copied in: after a remount over the same
-    cache every file that was closed before the kill reaches S3 intact."""
+    cache every file that was closed before the kill reaches S3 intact.  The
+    journal entries are xattrs of the staged files, or (xattr_journal=0)
+    files of their own."""
     rng = random.Random(9)
     tree = {f"tree/{d}/f{i:02d}.bin": rng.randbytes(rng.randrange(20_000, 200_000))
             for d in ("a", "b") for i in range(30)}
-    m = mount(bucket, "writeback_delay=2")
+    m = mount(bucket, "writeback_delay=2", *(["xattr_journal=0"] if journal == "files" else []))
     for d in ("a", "b"):
         os.makedirs(m.path / "tree" / d)
     closed = []
@@ -1144,6 +1181,13 @@ def test_kill9_during_copy(s3, bucket, mount):
     assert failed and failed[0][0] == items[25][0] and \
         failed[0][1] in (errno.ENOTCONN, errno.ECONNABORTED), failed
     done = list(closed)
+    staging = next(m.cache_dir.glob("*/staging"))
+    jobs = list(staging.glob("*.job"))
+    in_xattr = [p for p in staging.glob("*.data") if "user.cdnfs.job" in os.listxattr(p)]
+    if journal == "xattr":  # job files only for the 3 directory markers
+        assert len(jobs) <= 3 and len(in_xattr) >= 25, (jobs, len(in_xattr))
+    else:
+        assert len(jobs) >= 25 and in_xattr == [], (len(jobs), in_xattr)
     lazy_unmount(m.path)
     m.start()  # same arguments, same cache_dir
     flush(m)

@@ -23,6 +23,9 @@
  *   unhold                 put every held handle    -> "unhold N"
  *   adopt KEY ETAG SIZE PATH                        -> "adopt KEY 0"
  *   forget KEY                                      -> "forget KEY"
+ *   lazy                   adopted files whose sidecar waits -> "lazy N"
+ *   synclazy               dcache_sync_lazy         -> "synclazy"
+ *   crash                  _exit(0) now: no close, as a kill -9 would
  *   stats  -> "stats bytes=B files=F hits=H misses=M fetched=X evicted=E gets=G"
  * A failed command prints "err COMMAND KEY -ERRNO" and the run goes on; at the
  * end the cache is closed and "final ..." (the stats line) is printed.  Exit
@@ -322,6 +325,29 @@ static int cmd_forget(struct ctx *c, char **a)
 	return 0;
 }
 
+static int cmd_lazy(struct ctx *c, char **a)
+{
+	(void)a;
+	printf("lazy %llu\n", (unsigned long long)dcache_lazy_count(c->dc));
+	return 0;
+}
+
+static int cmd_synclazy(struct ctx *c, char **a)
+{
+	(void)a;
+	dcache_sync_lazy(c->dc);
+	printf("synclazy\n");
+	return 0;
+}
+
+static int cmd_crash(struct ctx *c, char **a)
+{
+	(void)c;
+	(void)a;
+	fflush(stdout);
+	_exit(0);
+}
+
 static void print_stats(struct ctx *c, struct dcache *dc, const char *label)
 {
 	struct dcache_stats st;
@@ -355,6 +381,7 @@ static const struct cmd cmds[] = {
 	{ "fill", 4, cmd_fill },   { "hold", 4, cmd_hold },   { "hread", 3, cmd_hread },
 	{ "unhold", 0, cmd_unhold },
 	{ "adopt", 4, cmd_adopt }, { "forget", 1, cmd_forget }, { "stats", 0, cmd_stats },
+	{ "lazy", 0, cmd_lazy },   { "synclazy", 0, cmd_synclazy }, { "crash", 0, cmd_crash },
 };
 
 static const struct cmd *find_cmd(const char *name)
