@@ -1071,7 +1071,7 @@ def test_late_release_of_an_earlier_writer(s3, bucket, mount):
     m = mount(bucket)
     for i in range(8):
         os.makedirs(m.path / f"d{i}")
-    n = 1200
+    n = 800
     want = {}
     errors = []
 
