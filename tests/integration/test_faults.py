@@ -28,6 +28,8 @@ HANG_BOUND = 60  # seconds: a hang detector, not a timing test
 
 @pytest.fixture
 def proxy(s3server):
+    """Tests take it before `mount`, so it outlives their mounts: an unmount
+    still reaches S3 through it (else each teardown waits for retries)."""
     with FaultProxy(s3server.endpoint) as px:
         yield px
 
@@ -81,7 +83,7 @@ PUT_FAULTS = [
 ]
 
 
-def test_small_files_land_once_under_every_fault(s3, bucket, mount, proxy):
+def test_small_files_land_once_under_every_fault(s3, bucket, proxy, mount):
     m = fmount(mount, bucket, proxy)
     data = {f"f-{name}.bin": random_bytes(100_000 + i, seed=i)
             for i, (name, _) in enumerate(PUT_FAULTS)}
@@ -126,7 +128,7 @@ MPU_FAULTS = {
 
 
 @pytest.mark.parametrize("case", list(MPU_FAULTS))
-def test_multipart_lands_once(s3, bucket, mount, proxy, case):
+def test_multipart_lands_once(s3, bucket, proxy, mount, case):
     m = fmount(mount, bucket, proxy, "multipart_size=5M")
     body = random_bytes(11 * MiB + 123, seed=case)
     rules = [proxy.add(key="big.bin", count=1, **rule) for _, rule in MPU_FAULTS[case]]
@@ -142,7 +144,7 @@ def test_multipart_lands_once(s3, bucket, mount, proxy, case):
     report(f"multipart {case}", proxy, rules, f"; flush {seconds:.1f} s")
 
 
-def test_multipart_create_answer_lost(s3, bucket, mount, proxy):
+def test_multipart_create_answer_lost(s3, bucket, proxy, mount):
     """CreateMultipartUpload applied by the server but its answer lost: the
     retry creates a second upload; the first must not be left behind."""
     m = fmount(mount, bucket, proxy, "multipart_size=5M")
@@ -157,7 +159,7 @@ def test_multipart_create_answer_lost(s3, bucket, mount, proxy):
     report("multipart create answer lost", proxy, [r], f"; flush {seconds:.1f} s")
 
 
-def test_flush_reports_failure_then_file_lands(s3, bucket, mount, proxy):
+def test_flush_reports_failure_then_file_lands(s3, bucket, proxy, mount):
     """A PUT that keeps failing: flush says EIO (within a bounded time), the
     process lives, and the file lands once the fault clears."""
     m = fmount(mount, bucket, proxy)
@@ -208,7 +210,7 @@ GET_FAULTS = [
 ]
 
 
-def test_whole_object_reads_never_wrong(s3, bucket, mount, proxy):
+def test_whole_object_reads_never_wrong(s3, bucket, proxy, mount):
     """Single-GET objects (one read chunk): each fault once, then the right
     bytes (the ETag's MD5 is checked, so a flipped byte is caught)."""
     data = {f"r-{name}.bin": random_bytes(300_000 + i, seed=100 + i)
@@ -226,7 +228,7 @@ def test_whole_object_reads_never_wrong(s3, bucket, mount, proxy):
     report("whole-object GETs", proxy, rules)
 
 
-def test_ranged_reads_never_wrong(s3, bucket, mount, proxy):
+def test_ranged_reads_never_wrong(s3, bucket, proxy, mount):
     """A 3-chunk object read in ranged GETs: faults on chunk 1 (truncated,
     dropped, stalled, wrong Content-Range) are retried, bytes exact."""
     def chunk1(r):
@@ -257,7 +259,7 @@ def test_ranged_reads_never_wrong(s3, bucket, mount, proxy):
     report("ranged GETs", proxy, rules)
 
 
-def test_persistent_corruption_is_eio(s3, bucket, mount, proxy):
+def test_persistent_corruption_is_eio(s3, bucket, proxy, mount):
     """Every answer flipped: the read fails with EIO in a bounded time (no
     wrong byte reaches the reader); after the fault clears it reads right."""
     body = random_bytes(500_000, seed=9)
@@ -327,7 +329,7 @@ def etag_of(s3, bucket, key):
         return None
 
 
-def test_listing_sent_before_an_upload_does_not_revert_it(s3, bucket, mount, proxy):
+def test_listing_sent_before_an_upload_does_not_revert_it(s3, bucket, proxy, mount):
     m = race_mount(mount, bucket, proxy)
     d = m.path / "d"
     d.mkdir()
@@ -357,7 +359,7 @@ def test_listing_sent_before_an_upload_does_not_revert_it(s3, bucket, mount, pro
     assert get_object(s3, bucket, "d/x.txt") == v2
 
 
-def test_listing_sent_before_a_delete_does_not_bring_it_back(s3, bucket, mount, proxy):
+def test_listing_sent_before_a_delete_does_not_bring_it_back(s3, bucket, proxy, mount):
     m = race_mount(mount, bucket, proxy)
     d = m.path / "d"
     d.mkdir()
@@ -385,7 +387,7 @@ def test_listing_sent_before_a_delete_does_not_bring_it_back(s3, bucket, mount, 
 
 
 @pytest.mark.parametrize("op", ["unlink", "rename"])
-def test_object_of_an_upload_overtaken_by_a_change_is_removed(s3, bucket, mount, proxy, op):
+def test_object_of_an_upload_overtaken_by_a_change_is_removed(s3, bucket, proxy, mount, op):
     """A new file's upload lands while its mode is changed (rsync: close,
     chmod, utimes, rename); it is then unlinked (or renamed) before its next
     upload: the object that landed must go too, not stay behind as an

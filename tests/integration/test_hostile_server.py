@@ -24,6 +24,8 @@ NS = "http://s3.amazonaws.com/doc/2006-03-01/"
 
 @pytest.fixture
 def proxy(s3server):
+    """Tests take it before `mount`, so it outlives their mounts: an unmount
+    still reaches S3 through it (else each teardown waits for retries)."""
     with FaultProxy(s3server.endpoint) as px:
         yield px
 
@@ -111,7 +113,7 @@ BAD_KEYS = ["../x", "a//b", "./x", "a/./b", "a/../b", "dir/../../escape",
             "s" * 2048, "long/" + "/".join(["p" * 99] * 50) + "/end"]
 
 
-def test_keys_that_are_no_posix_names(s3, bucket, mount, proxy):
+def test_keys_that_are_no_posix_names(s3, bucket, proxy, mount):
     s3.put_object(Bucket=bucket, Key="ok.txt", Body=b"fine\n")
     s3.put_object(Bucket=bucket, Key="dir/good.txt", Body=b"good\n")
     real = {k: (s3.head_object(Bucket=bucket, Key=k)["ETag"].strip('"'), n)
@@ -182,7 +184,7 @@ HOSTILE_BODIES = [
 TTL = 0.3  # stat_ttl of the mount: each ls below lists again
 
 
-def test_hostile_listings(s3, bucket, mount, proxy):
+def test_hostile_listings(s3, bucket, proxy, mount):
     """Each hostile listing: ls returns (an error or a bounded listing) within
     BOUND, the process lives, and the real listing works right after."""
     s3.put_object(Bucket=bucket, Key="real.txt", Body=b"real\n")
