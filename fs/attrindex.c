@@ -216,21 +216,18 @@ static int keep(const char *key, const struct ac_entry *e, void *arg)
 		if (n->remote && n->known && !n->job && strcmp(n->etag, e->etag) != 0)
 			ok = 0;
 	} else {
-		/* the parent directory: the key without its last segment */
-		size_t len = strlen(key);
-		char *parent = strndup(key, len);
+		/* the parent directory: the key without its last segment
+		 * (a marker "d/" too); the mount's prefix is the root */
+		char *parent = strdup(key), *slash;
 		struct node *dir = NULL;
 
 		if (parent) {
-			char *end = parent + len - (len && parent[len - 1] == '/');
-			char *slash;
+			size_t len = strlen(parent);
 
-			*end = '\0';
+			if (len > k->plen && parent[len - 1] == '/')
+				parent[len - 1] = '\0';
 			slash = strrchr(parent + k->plen, '/');
-			if (slash)
-				slash[1] = '\0';
-			else
-				parent[k->plen] = '\0';
+			*(slash ? slash + 1 : parent + k->plen) = '\0';
 			dir = tree_find_key(k->fs, parent);
 			free(parent);
 		}

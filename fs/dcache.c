@@ -1034,12 +1034,13 @@ static int adopt_file(struct dcache *dc, struct dc_entry *e, const char *staged)
 {
 	int rc = unlink_quiet(e->meta); /* the old version's claims go first */
 
-	/* (staged files are 0600 already; the subdirectory is made when the
-	 * rename says it is missing, not tried before every rename) */
-	if (rc == 0 && rename(staged, e->path) < 0)
-		rc = errno == ENOENT && access(staged, F_OK) == 0 ? subdir_make(dc, e) ?: 1 : -errno;
-	if (rc == 1)
-		rc = rename(staged, e->path) < 0 ? -errno : 0;
+	/* (staged files are 0600 already; the subdirectories are made at
+	 * open, so one is only missing when removed behind our back) */
+	if (rc == 0 && rename(staged, e->path) < 0) {
+		rc = -errno;
+		if (rc == -ENOENT && subdir_make(dc, e) == 0 && rename(staged, e->path) == 0)
+			rc = 0;
+	}
 	if (rc < 0)
 		log_warn("cannot move '%s' into the cache as '%s': %s", staged, e->path,
 			 strerror(-rc));

@@ -218,21 +218,25 @@ void meta_deleted(struct fs *fs, const char *key)
 static int tombstoned(struct fs *fs, const char *key, double start)
 {
 	double *t;
+	char *k;
+	int hit = 0;
 
 	if (htab_count(fs->tombs) == 0)
 		return 0;
 	t = htab_get(fs->tombs, key);
 	if (t && *t >= start)
 		return 1;
-	for (const char *s = strchr(key, '/'); s; s = strchr(s + 1, '/')) {
-		char *prefix = strndup(key, (size_t)(s - key) + 1);
+	k = strdup(key); /* each "dir/" prefix in turn, cut in place */
+	for (char *s = k ? strchr(k, '/') : NULL; s && !hit; s = strchr(s + 1, '/')) {
+		char c = s[1];
 
-		t = prefix ? htab_get(fs->tombs, prefix) : NULL;
-		free(prefix);
-		if (t && *t >= start)
-			return 1;
+		s[1] = '\0';
+		t = htab_get(fs->tombs, k);
+		hit = t && *t >= start;
+		s[1] = c;
 	}
-	return 0;
+	free(k);
+	return hit;
 }
 
 /* Merge one object entry at rel path (relative to dir, may contain '/'). */
