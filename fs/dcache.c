@@ -66,6 +66,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/xattr.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -102,6 +103,7 @@ struct dc_entry {
 	int err;                      /* the last failed fetch, for its waiters */
 	int meta_busy;                /* a thread is writing the sidecar */
 	int meta_lazy;                /* adopted: the sidecar waits (dcache_sync_lazy) */
+	const char *strip;            /* adopted: an xattr to remove with the sidecar */
 	uint64_t meta_seq, meta_saved; /* bitmap/version changes; written up to */
 	struct timespec atime;        /* last use, for the LRU order at open */
 };
@@ -544,6 +546,7 @@ static void meta_sync(struct dcache *dc, struct dc_entry *e)
 {
 	struct buf text;
 	uint64_t seq;
+	const char *strip;
 	int rc;
 
 	buf_init(&text, DC_META_MAX);
@@ -556,7 +559,14 @@ static void meta_sync(struct dcache *dc, struct dc_entry *e)
 		if (meta_format(dc, e, &text) < 0)
 			break;
 		e->meta_busy = 1;
+		strip = e->strip;
+		e->strip = NULL;
 		pthread_mutex_unlock(&dc->lock);
+		/* the staged file's journal entry, off the upload's path: in the
+		 * cache directory it is no journal, only a block of disk */
+		if (strip && removexattr(e->path, strip) < 0 && errno != ENODATA)
+			log_debug("cannot remove '%s' from '%s': %s", strip, e->path,
+				  strerror(errno));
 		rc = meta_write(e, buf_str(&text), text.len);
 		pthread_mutex_lock(&dc->lock);
 		e->meta_busy = 0;
@@ -1048,7 +1058,7 @@ static int adopt_file(struct dcache *dc, struct dc_entry *e, const char *staged)
 }
 
 int dcache_adopt(struct dcache *dc, const char *key, const char *etag, uint64_t size,
-		 const char *staged_path)
+		 const char *staged_path, const char *strip_xattr)
 {
 	char hash[DC_HASH_LEN + 1];
 	struct dc_entry *e = NULL;
@@ -1070,6 +1080,7 @@ int dcache_adopt(struct dcache *dc, const char *key, const char *etag, uint64_t 
 	pthread_mutex_lock(&dc->lock);
 	if (rc == 0) {
 		e->trunc = 0;
+		e->strip = strip_xattr;
 		entry_mark_all(dc, e);
 		/* the sidecar later (dcache_sync_lazy): a file per upload is
 		 * the main cost of a tree of small files (bench/ANALYSIS.md) */

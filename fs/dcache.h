@@ -84,9 +84,11 @@ const char *dcache_path(const struct dc_file *f);
 /* Take a just-uploaded staged file as the complete cached copy of (key,
  * etag, size): renamed into the cache, no copy.  On failure the staged file
  * is left where it was (and whatever was cached for key is dropped).
- * Readers of an older copy keep it (see Layout). */
+ * Readers of an older copy keep it (see Layout).  strip_xattr: an extended
+ * attribute the staged file carries (the upload's journal entry) that the
+ * cache removes when it writes the sidecar, or NULL; a string constant. */
 int dcache_adopt(struct dcache *dc, const char *key, const char *etag, uint64_t size,
-		 const char *staged_path) WUR;
+		 const char *staged_path, const char *strip_xattr) WUR;
 /* Drop whatever is cached for key (a copy in use: when its last reference
  * goes). */
 void dcache_forget(struct dcache *dc, const char *key);

@@ -341,6 +341,38 @@ static int op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 	return rc;
 }
 
+int ops_set_perms(const char *path, mode_t perms)
+{
+	struct fs *fs = ctx_fs();
+	struct fuse_context *fc = fuse_get_context();
+	struct node *n;
+	mode_t mode;
+	int rc, changed = 0;
+
+	if (fs->conf.ro)
+		return -EROFS;
+	LOCK(fs);
+	rc = meta_resolve(fs, path, &n);
+	if (rc == 0 && fc->uid != 0 && fc->uid != n->a.uid)
+		rc = -EPERM;
+	if (rc == 0) {
+		mode = (n->a.mode & ~(mode_t)0777) | (perms & 0777);
+		if (fc->uid != 0 && fc->gid != n->a.gid)
+			mode &= ~(mode_t)S_ISGID;
+		if (mode != n->a.mode) {
+			n->a.mode = mode;
+			rc = attrs_changed(fs, n);
+			changed = 1;
+		}
+	}
+	UNLOCK(fs);
+	/* the kernel does not drop its copy of the mode after an ACL it passed
+	 * through (it would after a chmod): ls -l would show the old one */
+	if (changed)
+		(void)fuse_invalidate_path(fc->fuse, path);
+	return rc;
+}
+
 static int op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi)
 {
 	struct fs *fs = ctx_fs();
@@ -480,6 +512,14 @@ static int stage_for_write(struct fs *fs, const char *path, struct node *n, int 
 	return rc;
 }
 
+/* Size of a staged file, or -1 when it cannot be read (then truncate). */
+static off_t staged_size(int fd)
+{
+	struct stat st;
+
+	return fstat(fd, &st) == 0 ? st.st_size : -1;
+}
+
 static int open_write_node(struct fs *fs, const char *path, struct node *n, int flags,
 			   struct ofile *of)
 {
@@ -490,9 +530,18 @@ static int open_write_node(struct fs *fs, const char *path, struct node *n, int 
 		rc = stage_for_write(fs, path, n, (flags & O_TRUNC) != 0, &j);
 	if (rc < 0)
 		return rc;
-	of->fd = open(j->data, O_RDWR | O_CLOEXEC | ((flags & O_TRUNC) ? O_TRUNC : 0));
+	/* O_TRUNC only when there is something to cut: ext4 flushes a file
+	 * truncated to 0 at its close (auto_da_alloc), a disk write per file
+	 * while a new file's staged copy is always empty */
+	of->fd = open(j->data, O_RDWR | O_CLOEXEC);
 	if (of->fd < 0)
 		return -errno;
+	if ((flags & O_TRUNC) && staged_size(of->fd) != 0 && ftruncate(of->fd, 0) < 0) {
+		rc = -errno;
+		close(of->fd);
+		of->fd = -1;
+		return rc;
+	}
 	if (flags & O_TRUNC) {
 		if (j->node)
 			j->node->a.size = 0;

@@ -13,6 +13,11 @@ extern const struct fuse_operations cdnfs_ops;
  * drops it for the requests). */
 int ops_rename_dir(struct fs *fs, const char *from, const char *to) WUR;
 
+/* ops.c: set the permission bits of path to perms (0777), as an access
+ * ACL that says no more than the mode does: the owner or root only; the
+ * setgid bit goes for a caller outside the file's group. */
+int ops_set_perms(const char *path, mode_t perms);
+
 /* xattr.c: user.cdnfs.* attributes. */
 int ops_setxattr(const char *path, const char *name, const char *value, size_t size,
 		 int flags);

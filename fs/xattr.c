@@ -12,8 +12,12 @@
  *                                         the object's metadata in place and purges
  *
  * Other names are not stored (S3 has no place for them): set answers
- * ENOTSUP, get ENODATA, list shows the user.cdnfs.* names of a file.
+ * ENOTSUP, get ENODATA, list shows the user.cdnfs.* names of a file.  The
+ * one exception: a POSIX access ACL that says no more than the mode bits
+ * (owner, group, other: what cp -a and tar set) is applied as the mode, as
+ * ext4 does, so cp -a needs no chmod after it.
  */
+#include <endian.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <stdio.h>
@@ -179,6 +183,43 @@ static int set_header(struct fs *fs, const char *path, const struct hdr_attr *h,
 	return rc;
 }
 
+/* system.posix_acl_access in the kernel's xattr form: a little-endian u32
+ * version 2, then entries of u16 tag, u16 perm, u32 id.  Only the three
+ * entries the mode holds are taken (tags below); more is ENOTSUP. */
+#define ACL_XATTR "system.posix_acl_access"
+#define ACL_USER_OBJ 0x01
+#define ACL_GROUP_OBJ 0x04
+#define ACL_OTHER 0x20
+
+static int set_acl_access(const char *path, const char *value, size_t size)
+{
+	uint32_t version;
+	mode_t perms = 0;
+	unsigned seen = 0;
+
+	if (size < 4 || (size - 4) % 8 != 0)
+		return -EINVAL;
+	memcpy(&version, value, 4);
+	if (le32toh(version) != 2)
+		return -EINVAL;
+	for (size_t off = 4; off < size; off += 8) {
+		uint16_t tag, perm;
+
+		memcpy(&tag, value + off, 2);
+		memcpy(&perm, value + off + 2, 2);
+		tag = le16toh(tag);
+		perm = le16toh(perm) & 7;
+		if ((tag != ACL_USER_OBJ && tag != ACL_GROUP_OBJ && tag != ACL_OTHER) ||
+		    (seen & tag))
+			return -ENOTSUP; /* named users or groups, a mask */
+		seen |= tag;
+		perms |= (mode_t)perm << (tag == ACL_USER_OBJ ? 6 : tag == ACL_GROUP_OBJ ? 3 : 0);
+	}
+	if (seen != (ACL_USER_OBJ | ACL_GROUP_OBJ | ACL_OTHER))
+		return -EINVAL;
+	return ops_set_perms(path, perms);
+}
+
 int ops_setxattr(const char *path, const char *name, const char *value, size_t size,
 		 int flags)
 {
@@ -186,6 +227,8 @@ int ops_setxattr(const char *path, const char *name, const char *value, size_t s
 	const struct hdr_attr *h;
 
 	(void)flags;
+	if (strcmp(name, ACL_XATTR) == 0)
+		return set_acl_access(path, value, size);
 	if (strncmp(name, XA, strlen(XA)) != 0)
 		return -ENOTSUP;
 	name += strlen(XA);

@@ -368,6 +368,36 @@ def test_adopt_defers_the_sidecar(s3server, s3, bucket, tmp_path):
     assert r.stats[0]["fetched"] == 0  # kept across the crash
 
 
+def test_adopt_strips_the_journal_xattr_with_the_sidecar(s3server, s3, bucket, tmp_path):
+    """The upload's journal entry (an xattr of the staged file) moves into the
+    cache with the file and is removed when the sidecar is written, not at
+    adopt: the upload's path does no extra disk work."""
+    cache = tmp_path / "c"
+    data = os.urandom(CHUNK + 3)
+    v = put(s3, bucket, "k", data)
+    h = key_hash("k")
+    f = cache / "data" / h[:2] / h
+    cache.mkdir()
+    staged = cache / "staged"
+    staged.write_bytes(data)
+    os.setxattr(staged, "user.cdnfs.job", b"cdnfs-job 1\nkind put\n")
+    r = run(s3server, cache, bucket, "adoptx", "k", v.etag, len(data), staged,
+            "user.cdnfs.job", "lazy", "crash")
+    assert r.errors == [] and r.starting("lazy") == [["1"]]
+    assert os.getxattr(f, "user.cdnfs.job") == b"cdnfs-job 1\nkind put\n"
+
+    staged.write_bytes(data)
+    os.setxattr(staged, "user.cdnfs.job", b"x")
+    os.setxattr(staged, "user.other", b"kept")
+    r = run(s3server, cache, bucket, "adoptx", "k", v.etag, len(data), staged,
+            "user.cdnfs.job", "synclazy", "lazy")
+    assert r.errors == [] and r.starting("lazy") == [["0"]]
+    assert os.listxattr(f) == ["user.other"]
+    r = run(s3server, cache, bucket, "read", *v.ver(), "stats")
+    assert r.starting("read")[0] == ["k", sha(data), str(len(data))]
+    assert r.stats[0]["fetched"] == 0
+
+
 def test_adopt_and_forget(s3server, s3, bucket, tmp_path):
     cache = tmp_path / "c"
     v1 = put(s3, bucket, "k", os.urandom(CHUNK + 5))

@@ -311,8 +311,21 @@ static int cmd_unhold(struct ctx *c, char **a)
 
 static int cmd_adopt(struct ctx *c, char **a)
 {
-	int rc = dcache_adopt(c->dc, a[0], a[1], num(a[2]), a[3]);
+	int rc = dcache_adopt(c->dc, a[0], a[1], num(a[2]), a[3], NULL);
 
+	if (rc == 0)
+		printf("adopt %s 0\n", a[0]);
+	return rc;
+}
+
+/* adoptx KEY ETAG SIZE PATH XATTR: adopt, the cache to remove XATTR later */
+static int cmd_adoptx(struct ctx *c, char **a)
+{
+	static char name[256];
+	int rc;
+
+	snprintf(name, sizeof(name), "%s", a[4]); /* must outlive the entry */
+	rc = dcache_adopt(c->dc, a[0], a[1], num(a[2]), a[3], name);
 	if (rc == 0)
 		printf("adopt %s 0\n", a[0]);
 	return rc;
@@ -380,7 +393,7 @@ static const struct cmd cmds[] = {
 	{ "read", 4, cmd_read },   { "pread", 6, cmd_pread }, { "conc", 5, cmd_conc },
 	{ "fill", 4, cmd_fill },   { "hold", 4, cmd_hold },   { "hread", 3, cmd_hread },
 	{ "unhold", 0, cmd_unhold },
-	{ "adopt", 4, cmd_adopt }, { "forget", 1, cmd_forget }, { "stats", 0, cmd_stats },
+	{ "adopt", 4, cmd_adopt }, { "adoptx", 5, cmd_adoptx }, { "forget", 1, cmd_forget }, { "stats", 0, cmd_stats },
 	{ "lazy", 0, cmd_lazy },   { "synclazy", 0, cmd_synclazy }, { "crash", 0, cmd_crash },
 };
 
