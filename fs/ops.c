@@ -341,6 +341,22 @@ static int op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 	return rc;
 }
 
+/* Is the caller in group gid (primary or supplementary)?  For the setgid
+ * rule of a mode set through an ACL; read from /proc only when needed. */
+static int caller_in_group(const struct fuse_context *fc, gid_t gid)
+{
+	gid_t list[64];
+	int n;
+
+	if (fc->gid == gid)
+		return 1;
+	n = fuse_getgroups((int)ARRAY_SIZE(list), list);
+	for (int i = 0; i < n && i < (int)ARRAY_SIZE(list); i++)
+		if (list[i] == gid)
+			return 1;
+	return 0;
+}
+
 int ops_set_perms(const char *path, mode_t perms)
 {
 	struct fs *fs = ctx_fs();
@@ -357,8 +373,8 @@ int ops_set_perms(const char *path, mode_t perms)
 		rc = -EPERM;
 	if (rc == 0) {
 		mode = (n->a.mode & ~(mode_t)0777) | (perms & 0777);
-		if (fc->uid != 0 && fc->gid != n->a.gid)
-			mode &= ~(mode_t)S_ISGID;
+		if ((mode & S_ISGID) && fc->uid != 0 && !caller_in_group(fc, n->a.gid))
+			mode &= ~(mode_t)S_ISGID; /* as ext4: in_group_or_capable */
 		if (mode != n->a.mode) {
 			n->a.mode = mode;
 			rc = attrs_changed(fs, n);

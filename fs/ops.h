@@ -15,7 +15,8 @@ int ops_rename_dir(struct fs *fs, const char *from, const char *to) WUR;
 
 /* ops.c: set the permission bits of path to perms (0777), as an access
  * ACL that says no more than the mode does: the owner or root only; the
- * setgid bit goes for a caller outside the file's group. */
+ * setgid bit goes for a caller outside the file's group (primary or
+ * supplementary groups). */
 int ops_set_perms(const char *path, mode_t perms);
 
 /* xattr.c: user.cdnfs.* attributes. */

@@ -203,6 +203,8 @@ static void journal_write(struct wb *wb, struct wb_job *j)
 		rc = setxattr(j->data, JOB_XATTR, b.data, b.len, 0) < 0 ? -errno : 0;
 		if (rc == 0) {
 			j->jx = 1;
+			if (j->jfile && unlink(buf_str(&path)) == 0)
+				j->jfile = 0; /* it would win over the xattr */
 			goto done;
 		}
 		if (rc == -ENOTSUP && wb->xattr) {
@@ -217,6 +219,7 @@ static void journal_write(struct wb *wb, struct wb_job *j)
 	if (rc == -ENOENT) {
 		rc = job_path(wb, j->seq, "tmp", &tmp);
 		rc = rc ?: journal_create(buf_str(&path), buf_str(&tmp), &b);
+		j->jfile |= rc == 0;
 	}
 	if (rc < 0) {
 		log_error("cannot write the journal entry for '%s': %s", j->key, strerror(-rc));
@@ -1627,11 +1630,13 @@ static void complete_files(struct wb *wb, struct wb_job *j, const struct snapsho
 {
 	struct fs *fs = wb->fs;
 
-	/* the entry first: a crash between the two leaves a data file with no
-	 * entry (dropped by the next mount), never an entry whose data the
-	 * read cache has taken (retried by the next mount forever).  An entry
-	 * in the data file's xattr leaves staging with it, in one rename or
-	 * unlink; the read cache removes it later (off the upload's path). */
+	/* A SEQ.job entry goes first: a crash between the two leaves a data
+	 * file with no entry (dropped by the next mount), never an entry whose
+	 * data the read cache has taken (retried by the next mount forever).
+	 * An entry in the data file's xattr leaves staging with the file, in
+	 * one rename or unlink (recovery reads staging only); the read cache
+	 * removes the attribute later, off the upload's path.  (A crash before
+	 * that rename uploads the file again, as it did before.) */
 	if (!s->jx || !s->data)
 		journal_remove(wb, j->seq, 0);
 	if (s->data && (!S_ISREG(s->a.mode) ||
@@ -1975,32 +1980,45 @@ static void *dispatch_main(void *arg)
 
 /* The staging directory, made anew at each mount while it is empty, in a
  * block group of its own.  On an ext4 without a journal, allocating an inode
- * steps over each inode of its group freed in the last minute (ext4's
- * recently_deleted()), so after a cache was deleted (a cold-cache run, a
+ * steps over each inode of its group freed in the last minute (five while
+ * its inode table block is dirty: ext4's recently_deleted()), so after a cache was deleted (a cold-cache run, a
  * cleared cache, evictions) every upload into the same group paid for all
  * of them: 37 % of cdnfs's CPU for a 2,000-file cp -a.  ext4 places a new
  * directory under a "top" directory (chattr +T) like one at the root, in a
  * group with few directories, from a start given by the name's hash (a new
- * name each time).  Elsewhere the flag calls fail and change nothing. */
+ * random name each time), most likely away from that churn.  Elsewhere the
+ * flag calls fail and change nothing. */
 static int staging_make(const char *dir)
 {
 	char *tmp = NULL, *parent = strdup(dir), *slash = parent ? strrchr(parent, '/') : NULL;
-	int fd, flags;
+	int fd = -1, flags;
 
 	if (slash && slash != parent) {
 		*slash = '\0';
 		fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		if (fd >= 0 && ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0 && !(flags & FS_TOPDIR_FL)) {
+	}
+	if (fd >= 0) {
+		DIR *d;
+		struct dirent *de;
+
+		if (ioctl(fd, FS_IOC_GETFLAGS, &flags) == 0 && !(flags & FS_TOPDIR_FL)) {
 			flags |= FS_TOPDIR_FL;
 			(void)ioctl(fd, FS_IOC_SETFLAGS, &flags);
 		}
-		if (fd >= 0)
-			close(fd);
+		/* a crash between the mkdir and the rename below left one (the
+		 * cache directory's lock is ours: no other mount makes them) */
+		d = fdopendir(dup(fd));
+		while (d && (de = readdir(d)))
+			if (strncmp(de->d_name, "staging.new.", 12) == 0)
+				(void)unlinkat(fd, de->d_name, AT_REMOVEDIR);
+		if (d)
+			closedir(d);
+		close(fd);
 	}
 	free(parent);
 	(void)rmdir(dir); /* only when empty: pending work stays where it is */
-	if (asprintf(&tmp, "%s.new.%ld", dir, (long)getpid()) >= 0) {
-		if (mkdir(tmp, 0700) == 0 && rename(tmp, dir) < 0)
+	if (asprintf(&tmp, "%s.new.XXXXXX", dir) >= 0) {
+		if (mkdtemp(tmp) && rename(tmp, dir) < 0)
 			(void)rmdir(tmp);
 		free(tmp);
 	}
@@ -2230,8 +2248,10 @@ static int recover_one(struct wb *wb, const char *name)
 	if (n <= 0)
 		return n == 0 ? 0 : -EIO;
 	rc = parse_job(wb, seq, text, &j);
-	if (rc == 0)
+	if (rc == 0) {
 		j->jx = jx;
+		j->jfile = !jx;
+	}
 	if (rc < 0) {
 		log_warn("ignoring a damaged journal entry %" PRIu64, seq);
 		return rc;

@@ -64,6 +64,7 @@ struct wb_job {
 	struct wb_stream *stream; /* parts sent while the file is written */
 	int journaled;        /* SEQ.job exists: rewritten in place */
 	int jx;               /* ... or it is the xattr JOB_XATTR of SEQ.data */
+	int jfile;            /* a SEQ.job file may exist (unlinked when jx takes over) */
 	size_t jlen;          /* its length */
 	uint64_t jsum;        /* hash of its text: an unchanged entry is not rewritten */
 };
