@@ -250,8 +250,10 @@ SETTINGS = """\
   --s3-upload-concurrency 8 --s3-chunk-size 16M --s3-no-check-bucket
   --dir-cache-time 5m`, provider Ceph, path style.  Durable point: rclone's
   remote-control `vfs/stats` polled every 50 ms until the VFS cache reports no
-  upload queued or in progress (rclone does not upload pending files at
-  unmount; it resumes them at the next start).  With `writes` rclone keeps no
+  upload queued or in progress, after it reported one, or after 2 s of an
+  empty queue (a file is queued only once its write-back time has passed;
+  rclone does not upload pending files at unmount, it resumes them at the
+  next start).  With `writes` rclone keeps no
   read cache, so there is no "remount with cache" read.
 - **awscli** (`/usr/bin/aws`, Debian's): `max_concurrent_requests = 16`,
   `multipart_chunksize = 16MB`, path style, `--no-progress --only-show-errors`.
