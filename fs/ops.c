@@ -322,6 +322,16 @@ static int attrs_changed(struct fs *fs, struct node *n)
 	return rc;
 }
 
+/* Set n's mode bits (07777): 1 when they changed, 0 when not, or -errno.
+ * Locked. */
+static int node_chmod(struct fs *fs, struct node *n, mode_t mode)
+{
+	if ((n->a.mode & 07777) == (mode & 07777))
+		return 0;
+	n->a.mode = (n->a.mode & S_IFMT) | (mode & 07777);
+	return attrs_changed(fs, n) ?: 1;
+}
+
 static int op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
 	struct fs *fs = ctx_fs();
@@ -333,12 +343,10 @@ static int op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 		return -EROFS;
 	LOCK(fs);
 	rc = meta_resolve(fs, path, &n);
-	if (rc == 0 && (n->a.mode & 07777) != (mode & 07777)) {
-		n->a.mode = (n->a.mode & S_IFMT) | (mode & 07777);
-		rc = attrs_changed(fs, n);
-	}
+	if (rc == 0)
+		rc = node_chmod(fs, n, mode);
 	UNLOCK(fs);
-	return rc;
+	return rc < 0 ? rc : 0;
 }
 
 /* Is the caller in group gid (primary or supplementary)?  For the setgid
@@ -363,7 +371,7 @@ int ops_set_perms(const char *path, mode_t perms)
 	struct fuse_context *fc = fuse_get_context();
 	struct node *n;
 	mode_t mode;
-	int rc, changed = 0;
+	int rc;
 
 	if (fs->conf.ro)
 		return -EROFS;
@@ -372,21 +380,17 @@ int ops_set_perms(const char *path, mode_t perms)
 	if (rc == 0 && fc->uid != 0 && fc->uid != n->a.uid)
 		rc = -EPERM;
 	if (rc == 0) {
-		mode = (n->a.mode & ~(mode_t)0777) | (perms & 0777);
+		mode = (n->a.mode & 07000) | (perms & 0777);
 		if ((mode & S_ISGID) && fc->uid != 0 && !caller_in_group(fc, n->a.gid))
 			mode &= ~(mode_t)S_ISGID; /* as ext4: in_group_or_capable */
-		if (mode != n->a.mode) {
-			n->a.mode = mode;
-			rc = attrs_changed(fs, n);
-			changed = 1;
-		}
+		rc = node_chmod(fs, n, mode);
 	}
 	UNLOCK(fs);
 	/* the kernel does not drop its copy of the mode after an ACL it passed
 	 * through (it would after a chmod): ls -l would show the old one */
-	if (changed)
+	if (rc > 0)
 		(void)fuse_invalidate_path(fc->fuse, path);
-	return rc;
+	return rc < 0 ? rc : 0;
 }
 
 static int op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_info *fi)
@@ -552,13 +556,13 @@ static int open_write_node(struct fs *fs, const char *path, struct node *n, int 
 	of->fd = open(j->data, O_RDWR | O_CLOEXEC);
 	if (of->fd < 0)
 		return -errno;
-	if ((flags & O_TRUNC) && staged_size(of->fd) != 0 && ftruncate(of->fd, 0) < 0) {
-		rc = -errno;
-		close(of->fd);
-		of->fd = -1;
-		return rc;
-	}
 	if (flags & O_TRUNC) {
+		if (staged_size(of->fd) != 0 && ftruncate(of->fd, 0) < 0) {
+			rc = -errno;
+			close(of->fd);
+			of->fd = -1;
+			return rc;
+		}
 		if (j->node)
 			j->node->a.size = 0;
 		of->dirty = 1;

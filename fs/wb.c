@@ -1637,7 +1637,7 @@ static void complete_files(struct wb *wb, struct wb_job *j, const struct snapsho
 	 * one rename or unlink (recovery reads staging only); the read cache
 	 * removes the attribute later, off the upload's path.  (A crash before
 	 * that rename uploads the file again, as it did before.) */
-	if (!s->jx || !s->data)
+	if (!s->jx)
 		journal_remove(wb, j->seq, 0);
 	if (s->data && (!S_ISREG(s->a.mode) ||
 			dcache_adopt(fs->dc, s->key, s->etag, s->a.size, s->data,
@@ -1981,9 +1981,10 @@ static void *dispatch_main(void *arg)
 /* The staging directory, made anew at each mount while it is empty, in a
  * block group of its own.  On an ext4 without a journal, allocating an inode
  * steps over each inode of its group freed in the last minute (five while
- * its inode table block is dirty: ext4's recently_deleted()), so after a cache was deleted (a cold-cache run, a
- * cleared cache, evictions) every upload into the same group paid for all
- * of them: 37 % of cdnfs's CPU for a 2,000-file cp -a.  ext4 places a new
+ * its inode table block is dirty: ext4's recently_deleted()), so after a
+ * cache was deleted (a cold-cache run, a cleared cache, evictions) every
+ * upload into the same group paid for all of them: 37 % of cdnfs's CPU for
+ * a 2,000-file cp -a.  ext4 places a new
  * directory under a "top" directory (chattr +T) like one at the root, in a
  * group with few directories, from a start given by the name's hash (a new
  * random name each time), most likely away from that churn.  Elsewhere the
