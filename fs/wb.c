@@ -56,6 +56,10 @@
  * been empty this long (dcache_sync_lazy). */
 #define LAZY_QUIET 2.0
 #define LAZY_MARKERS 0
+/* Jobs that fall due within this long of each other start together: one
+ * pass over the table per tick, not per file, while a tree is copied in
+ * (an fsync, a flush or a job that is due at once still wakes it). */
+#define DISPATCH_TICK 0.01
 #define WB_RELEASE_WAIT 2
 #define WB_COPY_PART ((uint64_t)512 << 20)
 /* The journal entry of a job with staged data lives in this extended
@@ -383,6 +387,7 @@ static void supersede(struct wb *wb, struct wb_job *j, struct wb_job *old)
 		if (j->after)
 			wb_unref(wb, j->after);
 		j->after = old;
+		old->followed = 1; /* its end wakes the dispatcher */
 		wb_ref(old);
 	}
 	wb_cancel(wb, old);
@@ -572,8 +577,10 @@ int wb_sync(struct wb *wb, struct wb_job *j)
 	if (j->werr)
 		return j->werr;
 	wb_ref(j);
-	j->due = 0;
-	pthread_cond_signal(&wb->cond);
+	if (j->due != 0) { /* else the dispatcher has seen it due already */
+		j->due = 0;
+		pthread_cond_signal(&wb->cond);
+	}
 	/* a job whose last attempt failed is tried once more now, not answered
 	 * with that old error (the fault may have cleared) */
 	while (!j->cancelled && htab_get(wb->jobs, j->key) == j && !j->werr &&
@@ -1809,7 +1816,10 @@ static void job_run(void *arg)
 			log_error("cannot queue the delete of '%s'", s.key);
 	}
 	pthread_cond_broadcast(&fs->cond);
-	pthread_cond_signal(&wb->cond); /* a job waiting on this one may start */
+	if (j->followed)
+		pthread_cond_signal(&wb->cond); /* the job waiting on this one may start */
+	else if (!done)
+		wake(wb, j->due); /* again, now or after a backoff */
 	pthread_mutex_unlock(&fs->lock);
 
 	if (done)
@@ -1965,6 +1975,8 @@ static void *dispatch_main(void *arg)
 		}
 		if (pc.n == (int)ARRAY_SIZE(pc.ready))
 			continue;
+		if (pc.next < pc.now + DISPATCH_TICK)
+			pc.next = pc.now + DISPATCH_TICK;
 		wb->next_wake = pc.next;
 		clock_gettime(CLOCK_REALTIME, &ts);
 		wakeat = (double)ts.tv_sec + ts.tv_nsec / 1e9 + (pc.next - fs_now());

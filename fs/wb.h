@@ -65,6 +65,7 @@ struct wb_job {
 	int journaled;        /* SEQ.job exists: rewritten in place */
 	int jx;               /* ... or it is the xattr JOB_XATTR of SEQ.data */
 	int jfile;            /* a SEQ.job file may exist (unlinked when jx takes over) */
+	int followed;         /* some job's after: its end wakes the dispatcher */
 	size_t jlen;          /* its length */
 	uint64_t jsum;        /* hash of its text: an unchanged entry is not rewritten */
 };
