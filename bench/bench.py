@@ -184,6 +184,13 @@ class Server:
             config=Config(s3={"addressing_style": "path"}, signature_version="s3v4",
                           max_pool_connections=16, retries={"max_attempts": 3}))
 
+    def pids(self):
+        """The server's daemons (mon, osd, radosgw), from its pids file."""
+        try:
+            return [int(x) for x in (self.dir / "pids").read_text().split()]
+        except (OSError, ValueError):
+            return []
+
     def stop(self):
         if self.dir.exists():
             subprocess.run([str(REPO / "tests/s3server.sh"), "stop", str(self.dir)],
@@ -310,8 +317,29 @@ class RgwLog:
         return ops, errors, per_key
 
 
+HZ = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_sample(pids):
+    """(CPU seconds the whole machine was busy, CPU seconds of the
+    processes pids) since boot: /proc/stat (all but idle and iowait) and
+    /proc/PID/stat (utime + stime)."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    busy = sum(f) - f[3] - f[4]
+    own = 0
+    for pid in pids:
+        try:
+            st = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        v = st[st.rindex(")") + 2:].split()
+        own += int(v[11]) + int(v[12])
+    return busy / HZ, own / HZ
+
+
 class Window:
-    """with Window(rgw, bucket) as w: ...   then w.seconds, w.ops."""
+    """with Window(rgw, bucket) as w: ...   then w.seconds, w.ops, and
+    w.cpu = (machine busy, server) CPU seconds during the step."""
 
     def __init__(self, rgw, *buckets):
         self.rgw = rgw
@@ -323,10 +351,13 @@ class Window:
     def __enter__(self):
         self.start = self.rgw.sync()
         self.t0 = time.monotonic()
+        self.cpu0 = cpu_sample(self.rgw.server.pids())
         return self
 
     def __exit__(self, *exc):
         self.seconds = time.monotonic() - self.t0
+        c1 = cpu_sample(self.rgw.server.pids())
+        self.cpu = (c1[0] - self.cpu0[0], c1[1] - self.cpu0[1])
         if exc[0] is None:
             self.ops, self.errors, self.per_key = self.rgw.read(
                 self.start, self.rgw.sync(), self.buckets)
@@ -563,8 +594,9 @@ def free_port():
 
 class Row:
     def __init__(self, wl, contender, step, times, ops=None, errors=None, unit=None,
-                 amount=None, rss=0, note="", cdn=None, extra=None, key=None):
+                 amount=None, rss=0, note="", cdn=None, extra=None, key=None, cpu=None):
         self.wl, self.contender, self.step = wl, contender, step
+        self.cpu = cpu  # (machine busy, server) CPU seconds of the median run
         self.key = key or step
         self.times = list(times)
         self.seconds = statistics.median(self.times) if self.times else None
@@ -805,6 +837,7 @@ class Bench:
         for conc in (8, 32):
             res = collections.defaultdict(list)
             ops = collections.defaultdict(collections.Counter)
+            wins = collections.defaultdict(list)
             for rep in range(REPS):
                 for phase in ("put", "head", "get"):
                     with self.window(bucket) as w:
@@ -812,9 +845,11 @@ class Bench:
                                     "-s", "1024", "-k", f"s{conc}-{rep}"])
                     res[phase].append(out[0]["seconds"])
                     ops[phase] = w.ops
+                    wins[phase].append(w)
             for phase in ("put", "head", "get"):
                 self.add("W0", "s3load (C)", f"{W0_N} x 1 KiB {phase.upper()}, conc {conc}",
-                         res[phase], ops=ops[phase], unit="req", amount=W0_N)
+                         res[phase], ops=ops[phase], unit="req", amount=W0_N,
+                         cpu=median_of(wins[phase]).cpu)
         for conc, n in zip((1, 4), W0_BIG_N):
             for phase in ("put", "get"):
                 with self.window(bucket) as w:
@@ -837,7 +872,8 @@ class Bench:
             with self.window(bucket) as w:
                 out = load(["-c", str(conc), "-p", "tree", "-d", self.src, "-k", f"t{conc}"])
             self.add("W0", "s3load (C)", f"PUT of the tree ({self.nfiles} files), conc {conc}",
-                     [out[0]["seconds"]], ops=w.ops, unit="files", amount=self.nfiles)
+                     [out[0]["seconds"]], ops=w.ops, unit="files", amount=self.nfiles,
+                     cpu=w.cpu)
         self.server.delete_keys(bucket, "b")  # the big objects
         self.server.delete_keys(bucket, "m")
 
@@ -885,7 +921,7 @@ class Bench:
                  rss=max(w.rss for w in res),
                  note=f"collectstatic {med.split[0]:.2f} s + "
                       f"{'flush' if c == 'cdnfs' else 'barrier'} {med.split[1]:.2f} s",
-                 extra={"per_file": med.pf})
+                 extra={"per_file": med.pf}, cpu=med.cpu)
         m, bucket = state["m"], state["bucket"]
         if c == "cdnfs" and self.profiling():
             # an extra, untimed run under perf, for "where the time goes"
@@ -948,7 +984,7 @@ class Bench:
         med = median_of(res)
         self.add("W1", c, "collectstatic + aws s3 sync", [w.seconds for w in res],
                  ops=med.ops, errors=med.errors, key="collectstatic, cold, durable",
-                 unit="files", amount=self.nfiles,
+                 unit="files", amount=self.nfiles, cpu=med.cpu,
                  note=f"collectstatic {med.split[0]:.2f} s + sync {med.split[1]:.2f} s")
         if "W2" in self.workloads:
             bucket, local = state["bucket"], state["local"]
@@ -973,7 +1009,7 @@ class Bench:
         med = median_of(res)
         self.add("W1", c, "collectstatic (S3Boto3Storage)", [w.seconds for w in res],
                  ops=med.ops, errors=med.errors, key="collectstatic, cold, durable",
-                 unit="files", amount=self.nfiles)
+                 unit="files", amount=self.nfiles, cpu=med.cpu)
         if "W2" in self.workloads:
             bucket = state["bucket"]
             self.w2(c, lambda: self.collectstatic(c, s3bucket=bucket), bucket,
@@ -1001,7 +1037,7 @@ class Bench:
         med = median_of(res)
         self.add("W3", c, "cp -a, durable", [w.seconds for w in res], ops=med.ops,
                  errors=med.errors, unit="files", amount=self.nfiles,
-                 rss=max(w.rss for w in res), extra={"per_file": med.pf})
+                 rss=max(w.rss for w in res), extra={"per_file": med.pf}, cpu=med.cpu)
         if not self.allowed(c, "W3 rsync -a", est=2.5 * med.seconds):
             return
         same, again = [], []
@@ -1040,7 +1076,7 @@ class Bench:
         med = median_of(res)
         self.add("W3", c, "rsync -a, durable", [w.seconds for w in res], ops=med.ops,
                  errors=med.errors, unit="files", amount=self.nfiles,
-                 rss=max(w.rss for w in res), extra={"per_file": med.pf})
+                 rss=max(w.rss for w in res), extra={"per_file": med.pf}, cpu=med.cpu)
         med = median_of(same)
         self.add("W3", c, "rsync -a unchanged, same mount", [w.seconds for w in same],
                  ops=med.ops, errors=med.errors, unit="files", amount=self.nfiles)
@@ -1071,7 +1107,7 @@ class Bench:
             self.add("W3", c, label, [w.seconds for w in res], ops=med.ops,
                      errors=med.errors,
                      key="cp -a, durable" if "cp" in args else "rsync -a, durable",
-                     unit="files", amount=self.nfiles)
+                     unit="files", amount=self.nfiles, cpu=med.cpu)
 
         def again(rep):
             with self.window(state["bucket"]) as w:

@@ -194,6 +194,33 @@ def targets_md(b):
     return "\n".join(lines)
 
 
+def cpu_md(b):
+    """The CPU the upload steps cost the machine: the server's share, the
+    rest (the client: a filesystem, the program writing into it, the
+    kernel's side of both), and the shortest time that work fits in."""
+    rows = [r for r in b.rows if r.cpu and (
+        (r.wl == "W0" and ("PUT" in r.step and ("KiB" in r.step or "tree" in r.step)))
+        or r.wl in ("W1", "W3"))]
+    if not rows:
+        return "No CPU figures were taken.\n"
+    n = os.cpu_count()
+    lines = [f"Per step, for the median run: the CPU seconds the machine was busy (all "
+             f"processes and the kernel, from `/proc/stat`), those of the S3 server's "
+             f"daemons (radosgw, ceph-osd, ceph-mon, from `/proc/PID/stat`) and the rest "
+             f"(the client side).  \"Floor\" is busy / {n} cores: no step can take less "
+             f"wall time than that on this machine, whatever the client does.\n",
+             "| step | contender | wall | busy CPU-s | server CPU-s | client CPU-s | "
+             "floor | requests | server CPU-ms per request |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        busy, srv = r.cpu
+        nreq = sum(r.ops.values())
+        lines.append(f"| {r.wl} {r.step} | {r.contender} | {fmt_s(r.seconds)} | "
+                     f"{busy:.2f} | {srv:.2f} | {busy - srv:.2f} | {busy / n:.2f} | "
+                     f"{nreq} | {1000 * srv / nreq if nreq else 0:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def profiles_md(b):
     if not b.profiles:
         return "No profile was taken (BENCH_PROFILE=0 or perf missing).\n"
@@ -332,7 +359,8 @@ def render(b):
         for wl, notes in b.notes.items():
             parts += [f"- {wl}: {n}" for n in notes]
         parts += [""]
-    parts += ["## W6: CDN invalidation\n", w6_md(b),
+    parts += ["## CPU of the upload steps\n", cpu_md(b),
+              "## W6: CDN invalidation\n", w6_md(b),
               "## Where cdnfs's time goes (profiles)\n",
               "Taken during this run: W1 in an extra untimed collectstatic run; W4's "
               "write and cold read during the timed runs (perf at 199 Hz on both cores "

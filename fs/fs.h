@@ -98,7 +98,6 @@ struct node {
 	unsigned known : 1;      /* a, beyond size and Last-Modified, is known */
 	unsigned compressed : 1; /* stored with Content-Encoding by cdnfs */
 	unsigned local : 1;      /* created here and not yet listed (keep on relist) */
-	unsigned explicit : 1;   /* dirs: mode/owner/mtime set on purpose: keep a marker */
 	double listed;           /* dirs: when the listing completed (monotonic), 0 never */
 	double seen;             /* when S3 last confirmed this node (monotonic) */
 	int listing;             /* dirs: a listing is running */

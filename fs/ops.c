@@ -186,7 +186,6 @@ static int op_mkdir(const char *path, mode_t mode)
 		goto out;
 	}
 	tree_default_attr(fs, &n->a, S_IFDIR);
-	n->explicit = (mode & 07777) != (n->a.mode & 07777);
 	n->a.mode = S_IFDIR | (mode & 07777);
 	n->a.uid = fc->uid;
 	n->a.gid = fc->gid;
@@ -302,8 +301,6 @@ static int attrs_changed(struct fs *fs, struct node *n)
 	struct wb_job *j;
 	int rc;
 
-	if (n->kids)
-		n->explicit = 1; /* a marker keeps these (wb.c: marker_needless) */
 	if (n->job) {
 		wb_touch(fs->wb, n->job);
 		return 0;

@@ -55,7 +55,6 @@
 /* The read-cache sidecars of uploaded files are written once the queue has
  * been empty this long (dcache_sync_lazy). */
 #define LAZY_QUIET 2.0
-#define LAZY_MARKERS 0
 /* Jobs that fall due within this long of each other start together: one
  * pass over the table per tick, not per file, while a tree is copied in
  * (an fsync, a flush or a job that is due at once still wakes it). */
@@ -1682,41 +1681,10 @@ void wb_close_writer(struct wb *wb, struct wb_job *j)
 	wb_unref(wb, j); /* the table's reference */
 }
 
-/* A new directory needs no marker object while something is in it and its
- * mode, owner and mtime are nobody's choice (Django's makedirs): S3 shows it
- * through its children, and one request per file stays one.  rsync and
- * cp -a set a directory's times and mode: that is "explicit", and those are
- * kept in a marker.  An implicit directory that becomes empty gets its
- * marker then (wb_keep_dir).  Locked. */
-static int marker_needless(const struct wb_job *j)
-{
-	const struct node *n = j->node;
-
-	/* Switched off: mkdir stores a marker (users and s3fs-made buckets
-	 * expect one; README "What differs").  The markers cost one PUT per
-	 * directory, not per file. */
-	(void)n;
-	return LAZY_MARKERS && n && n->kids && n->parent && !n->explicit && !n->remote &&
-	       !j->existed && htab_count(n->kids) > 0;
-}
-
-static void drop_marker(struct wb *wb, struct wb_job *j)
-{
-	struct node *n = j->node;
-
-	n->job = NULL;
-	n->known = 1;
-	j->node = NULL;
-	j->running = 0;
-	htab_del(wb->jobs, j->key);
-	j->cancelled = 1;
-	journal_remove(wb, j->seq, 0);
-	pthread_cond_broadcast(&wb->fs->cond);
-	j->refs -= 2; /* the worker's and the table's */
-	if (j->refs == 0)
-		job_free(j);
-}
-
+/* An implicit directory (one S3 shows only through its children) that
+ * became empty gets a marker, so that it stays.  Every directory made
+ * through cdnfs has a marker from its mkdir on (README "What differs").
+ * Locked. */
 int wb_keep_dir(struct wb *wb, struct node *dir)
 {
 	struct buf key;
@@ -1757,13 +1725,6 @@ static void job_run(void *arg)
 		s.stream->job = NULL;
 		s.stream->wmtime = j->wmtime;
 		j->stream = NULL;
-	}
-	if (s.is_marker && s.kind == WB_PUT && marker_needless(j)) {
-		drop_marker(wb, j);
-		pthread_mutex_unlock(&fs->lock);
-		free(s.key);
-		free(s.data);
-		return;
 	}
 	pthread_mutex_unlock(&fs->lock);
 
