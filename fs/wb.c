@@ -379,15 +379,21 @@ static void wake(struct wb *wb, double due)
 
 /* j takes old's place in the table.  If old is being sent right now (a
  * DELETE of a file that is being created again), j must not start before
- * it ends, or S3 could see the PUT before the DELETE. */
+ * it ends, or S3 could see the PUT before the DELETE; nor if old itself was
+ * still waiting for such a request (a file created again and rewritten
+ * while the DELETE is in flight). */
 static void supersede(struct wb *wb, struct wb_job *j, struct wb_job *old)
 {
-	if (old->running) {
+	struct wb_job *prev = old->running ? old
+			      : old->after && old->after->running ? old->after
+								   : NULL;
+
+	if (prev) {
 		if (j->after)
 			wb_unref(wb, j->after);
-		j->after = old;
-		old->followed = 1; /* its end wakes the dispatcher */
-		wb_ref(old);
+		j->after = prev;
+		prev->followed = 1; /* its end wakes the dispatcher */
+		wb_ref(prev);
 	}
 	wb_cancel(wb, old);
 }
@@ -494,7 +500,7 @@ void wb_touch(struct wb *wb, struct wb_job *j)
 	j->gen++;
 	if (j->node)
 		j->a = j->node->a;
-	if (due > j->due)
+	if (due > j->due && !j->syncing) /* an fsync waiting keeps it due now */
 		j->due = due;
 	if (j->writers == 0)
 		journal_write(wb, j);
@@ -576,15 +582,17 @@ int wb_sync(struct wb *wb, struct wb_job *j)
 	if (j->werr)
 		return j->werr;
 	wb_ref(j);
-	if (j->due != 0) { /* else the dispatcher has seen it due already */
+	if (j->due != 0) { /* else whoever made it 0 has woken the dispatcher */
 		j->due = 0;
 		pthread_cond_signal(&wb->cond);
 	}
+	j->syncing++;
 	/* a job whose last attempt failed is tried once more now, not answered
 	 * with that old error (the fault may have cleared) */
 	while (!j->cancelled && htab_get(wb->jobs, j->key) == j && !j->werr &&
 	       (j->running || j->gen_done < gen || (again && j->tries == tries)))
 		pthread_cond_wait(&wb->fs->cond, &wb->fs->lock);
+	j->syncing--;
 	rc = j->werr ? j->werr : j->gen_done >= gen && j->last_err ? -EIO : 0;
 	wb_unref(wb, j);
 	return rc;

@@ -66,6 +66,7 @@ struct wb_job {
 	int jx;               /* ... or it is the xattr JOB_XATTR of SEQ.data */
 	int jfile;            /* a SEQ.job file may exist (unlinked when jx takes over) */
 	int followed;         /* some job's after: its end wakes the dispatcher */
+	int syncing;          /* callers waiting in wb_sync: a change keeps it due */
 	size_t jlen;          /* its length */
 	uint64_t jsum;        /* hash of its text: an unchanged entry is not rewritten */
 };

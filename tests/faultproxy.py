@@ -31,7 +31,9 @@ is applied; requests matching none are forwarded as they are.  Actions:
   truncate       forward, send the head (correct Content-Length) and only
                  part of the body, then close
   flip           forward, flip `nflip` bytes of the body, answer (same length)
-  rewrite        forward (unless forward=False), then body = fn(req, body)
+  hold           call fn(req) (it blocks, e.g. on an Event) before forwarding:
+                 a request that reaches the server late
+  rewrite        forward, then body = fn(req, body)
                  (fn may return (status, body) or (status, headers, body));
                  Content-Length adjusted
 
@@ -59,7 +61,7 @@ REASONS = {200: "OK", 206: "Partial Content", 400: "Bad Request",
            404: "Not Found", 500: "Internal Server Error",
            503: "Service Unavailable"}
 ACTIONS = {"drop_request", "drop_response", "error", "delay", "stall",
-           "truncate", "flip", "rewrite"}
+           "truncate", "flip", "rewrite", "hold"}
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "te",
                "proxy-connection", "upgrade", "trailer"}
 
@@ -298,6 +300,8 @@ class FaultProxy:
                 body = self._read_body(rfile, headers)
                 req = Request(method, target, headers, body)
                 self._record(req, rule)
+                if rule and rule.action == "hold":
+                    rule.fn(req)
                 if rule and rule.action == "error" and not rule.forward:
                     self._send(conn, req, rule.status, [("Content-Type", "application/xml")],
                                error_body(rule.code, req))
@@ -436,7 +440,7 @@ class FaultProxy:
     def _answer(self, conn, req, rule, status, reason, hdrs, body):
         """Send the (possibly faulted) answer; False closes the connection."""
         a = rule.action if rule else None
-        if a is None:
+        if a is None or a == "hold":
             self._send(conn, req, status, hdrs, body, reason)
             return True
         if a == "error":  # forwarded, then an error instead of the answer

@@ -386,6 +386,89 @@ def test_listing_sent_before_a_delete_does_not_bring_it_back(s3, bucket, proxy, 
     assert not (d / "x.txt").exists()
 
 
+def test_rename_onto_a_file_created_again_waits_for_the_delete_in_flight(s3, bucket, proxy,
+                                                                        mount):
+    """x.txt is unlinked and its DELETE is on its way (held here before it
+    reaches the server); x.txt is created again, then replaced by a rename
+    of y.txt.  The rename's upload must wait for that DELETE like the new
+    x.txt's did, or the DELETE lands last and x.txt is gone from S3."""
+    m = mount(bucket, f"endpoint={proxy.endpoint}", "path_style", "timeout=30",
+              "writeback_delay=1")
+    x, y = m.path / "x.txt", m.path / "y.txt"
+    x.write_bytes(b"old\n")
+    flush(m)
+    assert get_object(s3, bucket, "x.txt") == b"old\n"
+    release = threading.Event()
+    # the DELETE reaches the server on release
+    rule = proxy.add("hold", method="DELETE", key="x.txt", count=1,
+                     fn=lambda req: release.wait(HANG_BOUND))
+    try:
+        os.unlink(x)
+        wait_for(lambda: rule.hits == 1, timeout=30, what="the DELETE to be sent")
+        x.write_bytes(b"again\n")  # its PUT waits for the DELETE
+        y.write_bytes(b"final\n")
+        os.rename(y, x)             # replaces that pending PUT
+        time.sleep(3)               # 3x writeback_delay: the PUT would have gone
+        assert get_object(s3, bucket, "x.txt") == b"old\n", \
+            "an upload of x.txt went while its DELETE was still on the way"
+    finally:
+        release.set()
+    flush(m)
+    assert get_object(s3, bucket, "x.txt") == b"final\n"
+    assert list_keys(s3, bucket) == ["x.txt"]
+    m.unmount()
+    assert get_object(s3, bucket, "x.txt") == b"final\n"
+
+
+def test_fsync_of_an_open_file_beside_a_chmod(s3, bucket, proxy, mount):
+    """Two fsyncs of a file still open for writing, the second while the
+    first one's PUT is in flight, and a chmod meanwhile: both fsyncs return
+    while the file stays open, with the data written before each, and the
+    mode lands by the flush after close.  (The kernel holds the inode lock
+    through an fsync, so the chmod runs after the second one.)"""
+    m = mount(bucket, f"endpoint={proxy.endpoint}", "path_style", "timeout=30",
+              "writeback_delay=1")
+    p = m.path / "f.bin"
+    release = threading.Event()
+    rule = proxy.add("hold", method="PUT", key="f.bin", count=1,
+                     fn=lambda req: release.wait(HANG_BOUND))
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
+    results = {}
+
+    def do_fsync(tag):
+        try:
+            os.fsync(fd)
+            results[tag] = "ok"
+        except OSError as e:
+            results[tag] = e
+
+    threads = [threading.Thread(target=do_fsync, args=(i,)) for i in (1, 2)]
+    try:
+        os.write(fd, b"one\n")
+        threads[0].start()
+        wait_for(lambda: rule.hits == 1, timeout=30, what="the first fsync's PUT")
+        os.write(fd, b"two\n")
+        threads[1].start()
+        time.sleep(0.5)  # the second fsync waits behind the PUT in flight
+        threading.Thread(target=os.chmod, args=(p, 0o600), daemon=True).start()
+        time.sleep(0.2)
+        release.set()
+        for t in threads:
+            t.join(20)
+        assert results == {1: "ok", 2: "ok"}, f"fsync with the file open: {results}"
+        assert get_object(s3, bucket, "f.bin") == b"one\ntwo\n"
+    finally:
+        release.set()
+        os.close(fd)
+        for t in threads:
+            if t.is_alive():
+                t.join(HANG_BOUND)
+    flush(m)
+    assert get_object(s3, bucket, "f.bin") == b"one\ntwo\n"
+    md = s3.head_object(Bucket=bucket, Key="f.bin")["Metadata"]
+    assert int(md["mode"]) & 0o7777 == 0o600, md  # s3fs style: decimal st_mode
+
+
 @pytest.mark.parametrize("op", ["unlink", "rename"])
 def test_object_of_an_upload_overtaken_by_a_change_is_removed(s3, bucket, proxy, mount, op):
     """A new file's upload lands while its mode is changed (rsync: close,
