@@ -838,10 +838,9 @@ class Bench:
     # --------------------------------------------------------------- W0 --
     def w0(self):
         log("W0: the server's own ceiling (bench/s3load, C)")
-        bucket = self.server.new_bucket("w0")
         env = self.server.aws_env()
 
-        def load(args):
+        def load(args):  # into `bucket`, a bucket of its own per run, dropped after it
             argv = [self.s3load, "-e", self.server.endpoint, "-b", bucket] + args
             r = run("s3load", argv, env=env)
             return [json.loads(l) for l in r.stdout.decode().splitlines() if l.strip()]
@@ -851,6 +850,7 @@ class Bench:
             ops = collections.defaultdict(collections.Counter)
             wins = collections.defaultdict(list)
             for rep in range(REPS):
+                bucket = self.server.new_bucket(f"w0-{conc}")
                 for phase in ("put", "head", "get"):
                     with self.window(bucket) as w:
                         out = load(["-c", str(conc), "-p", phase, "-n", str(W0_N),
@@ -858,11 +858,12 @@ class Bench:
                     res[phase].append(out[0]["seconds"])
                     ops[phase] = w.ops
                     wins[phase].append(w)
-                self.server.delete_keys(bucket, f"s{conc}-{rep}/")
+                self.server.drop(bucket)
             for phase in ("put", "head", "get"):
                 self.add("W0", "s3load (C)", f"{W0_N} x 1 KiB {phase.upper()}, conc {conc}",
                          res[phase], ops=ops[phase], unit="req", amount=W0_N,
                          cpu=median_of(wins[phase]).cpu)
+        bucket = self.server.new_bucket("w0-big")
         for conc, n in zip((1, 4), W0_BIG_N):
             for phase in ("put", "get"):
                 with self.window(bucket) as w:
@@ -881,14 +882,15 @@ class Bench:
                             "-s", str(8 * MiB), "-k", f"m{conc}"])
             self.add("W0", "s3load (C)", f"multipart {nparts} x 8 MiB parts, conc {conc}",
                      [out[0]["seconds"]], ops=w.ops, unit="MB", amount=out[0]["bytes"] / 1e6)
+        self.server.drop(bucket)
         for conc in (8, 32):
+            bucket = self.server.new_bucket(f"w0-tree{conc}")
             with self.window(bucket) as w:
                 out = load(["-c", str(conc), "-p", "tree", "-d", self.src, "-k", f"t{conc}"])
             self.add("W0", "s3load (C)", f"PUT of the tree ({self.nfiles} files), conc {conc}",
                      [out[0]["seconds"]], ops=w.ops, unit="files", amount=self.nfiles,
                      cpu=w.cpu)
-            self.server.delete_keys(bucket, f"t{conc}/")
-        self.server.drop(bucket)
+            self.server.drop(bucket)
 
     def w0_ceiling(self, phase):
         rows = [r for r in self.rows if r.wl == "W0" and r.step.endswith(
