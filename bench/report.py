@@ -322,12 +322,16 @@ def render(b):
               "10 % of a core or more, from `top`):\n"]
     parts += [f"- {label}: {la:.1f}" + (f" ({', '.join(busy)})" if busy else "")
               for label, la, busy in b.load]
-    if worst > 2.5:
-        parts += ["", f"**Warning: the machine was shared with other work during this run "
-                  f"(load average up to {worst:.1f} on {os.cpu_count()} cores).  Absolute "
-                  "figures are lower than on an idle machine and ratios are noisier; the "
-                  "server's ceiling (W0) was measured under the same conditions at the "
-                  "start.**"]
+    others = sorted({p for _, _, busy in b.load for p in busy})
+    if others:
+        parts += ["", f"**Warning: other processes used the CPU during this run "
+                  f"({', '.join(others[:8])}; load average up to {worst:.1f} on "
+                  f"{os.cpu_count()} cores).  Absolute figures are lower than on an idle "
+                  "machine and ratios are noisier.**"]
+    else:
+        parts += ["", "The load average counts the run's own processes (the server, the "
+                  "contenders); no other process used 10 % of a core or more at any of "
+                  "these samples."]
     parts += ["", "## Versions\n"]
     parts += [f"- {k}: {v}" for k, v in versions(b)]
     parts += ["", "## Server and data\n",
