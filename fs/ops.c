@@ -221,9 +221,16 @@ static int remove_remote(struct fs *fs, struct node *n)
 	rc = node_key(fs, n, &key);
 	if (rc == 0) {
 		if (j)
-			wb_cancel(fs->wb, j);
+			wb_ref(j);
+		/* the DELETE replaces j and so waits for what j waited for (a
+		 * request of the key still on its way) */
 		if (existed)
 			rc = wb_delete(fs->wb, buf_str(&key));
+		if (j) {
+			if (!j->cancelled)
+				wb_cancel(fs->wb, j);
+			wb_unref(fs->wb, j);
+		}
 	}
 	buf_release(&key);
 	return rc;
@@ -972,10 +979,11 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 	if (rc < 0)
 		goto out;
 	/* a pending DELETE of the destination (unlinked a moment ago) must
-	 * neither run during the copy nor after it */
+	 * neither run during the copy nor after it; nor one on its way that a
+	 * later job of the key waits for (its after) */
 	dj = wb_find(fs->wb, buf_str(&tk));
-	if (dj && dj->running) {
-		wb_wait_idle(fs->wb, dj);
+	if (dj && (dj->running || (dj->after && dj->after->running))) {
+		wb_wait_idle(fs->wb, dj->running ? dj : dj->after);
 		rc = -EAGAIN; /* the lock was dropped: start again */
 		goto out;
 	}

@@ -139,8 +139,9 @@ static void mark_unlisted(struct node *d)
 }
 
 /* A job under prefix that must finish before a directory rename: one that
- * is running, or a metadata change or delete (only staged uploads can simply
- * follow the rename). */
+ * is running or waits for a request of its key still on its way, or a
+ * metadata change or delete (only staged uploads can simply follow the
+ * rename). */
 struct blocker_ctx {
 	const char *prefix;
 	size_t plen;
@@ -153,7 +154,7 @@ static int blocker_cb(struct wb_job *j, void *arg)
 
 	if (strncmp(j->key, bc->prefix, bc->plen) != 0)
 		return 0;
-	if (j->running || j->kind != WB_PUT) {
+	if (j->running || j->kind != WB_PUT || (j->after && j->after->running)) {
 		bc->found = j;
 		return 1;
 	}
@@ -206,6 +207,8 @@ static int settle_jobs(struct fs *fs, const char *prefix, int *rc)
 		return 0;
 	if (bc.found->running)
 		wb_wait_idle(fs->wb, bc.found);
+	else if (bc.found->after && bc.found->after->running)
+		wb_wait_idle(fs->wb, bc.found->after);
 	else
 		*rc = wb_sync(fs->wb, bc.found);
 	return 1;
@@ -269,6 +272,10 @@ int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 	rc = meta_resolve(fs, from, &n) ?: check_dst(fs, to) ?: tree_key(fs, n, 1, &sk);
 	rc = rc ?: buf_addf(&dk, "%s%s/", fs->conf.prefix, to + 1);
 	while (rc == 0 && settle_jobs(fs, buf_str(&sk), &rc))
+		;
+	/* and under the destination: DELETEs of a directory removed a moment
+	 * ago (rm -r dst; mv src dst) must not run after the copies */
+	while (rc == 0 && settle_jobs(fs, buf_str(&dk), &rc))
 		;
 	rc = rc ?: meta_resolve(fs, from, &n) ?: check_dst(fs, to) ?: htab_new(&staged);
 	if (rc < 0)

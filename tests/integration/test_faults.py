@@ -420,53 +420,74 @@ def test_rename_onto_a_file_created_again_waits_for_the_delete_in_flight(s3, buc
     assert get_object(s3, bucket, "x.txt") == b"final\n"
 
 
-def test_fsync_of_an_open_file_beside_a_chmod(s3, bucket, proxy, mount):
-    """Two fsyncs of a file still open for writing, the second while the
-    first one's PUT is in flight, and a chmod meanwhile: both fsyncs return
-    while the file stays open, with the data written before each, and the
-    mode lands by the flush after close.  (The kernel holds the inode lock
-    through an fsync, so the chmod runs after the second one.)"""
+def test_server_side_rename_onto_a_name_whose_delete_is_in_flight(s3, bucket, proxy, mount):
+    """f.txt is unlinked and its DELETE is on its way (held before it
+    reaches the server); a new h.txt is renamed onto f.txt (its upload waits
+    for that DELETE), then the uploaded g.txt is renamed onto f.txt, a
+    server-side copy.  The copy must wait for the DELETE too, or the DELETE
+    lands after it and f.txt is gone from S3 while the mount shows it (the
+    load test's 'read None bytes' after a rename)."""
     m = mount(bucket, f"endpoint={proxy.endpoint}", "path_style", "timeout=30",
               "writeback_delay=1")
-    p = m.path / "f.bin"
+    f, g, h = (m.path / n for n in ("f.txt", "g.txt", "h.txt"))
+    f.write_bytes(b"old\n")
+    g.write_bytes(b"gee\n")
+    flush(m)
     release = threading.Event()
-    rule = proxy.add("hold", method="PUT", key="f.bin", count=1,
+    rule = proxy.add("hold", method="DELETE", key="f.txt", count=1,
                      fn=lambda req: release.wait(HANG_BOUND))
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT, 0o644)
-    results = {}
+    done = {}
 
-    def do_fsync(tag):
+    def rename_g():
         try:
-            os.fsync(fd)
-            results[tag] = "ok"
+            os.rename(g, f)
+            done["rc"] = "ok"
         except OSError as e:
-            results[tag] = e
+            done["rc"] = e
 
-    threads = [threading.Thread(target=do_fsync, args=(i,)) for i in (1, 2)]
+    t = threading.Thread(target=rename_g)
     try:
-        os.write(fd, b"one\n")
-        threads[0].start()
-        wait_for(lambda: rule.hits == 1, timeout=30, what="the first fsync's PUT")
-        os.write(fd, b"two\n")
-        threads[1].start()
-        time.sleep(0.5)  # the second fsync waits behind the PUT in flight
-        threading.Thread(target=os.chmod, args=(p, 0o600), daemon=True).start()
-        time.sleep(0.2)
-        release.set()
-        for t in threads:
-            t.join(20)
-        assert results == {1: "ok", 2: "ok"}, f"fsync with the file open: {results}"
-        assert get_object(s3, bucket, "f.bin") == b"one\ntwo\n"
+        os.unlink(f)
+        wait_for(lambda: rule.hits == 1, timeout=30, what="the DELETE to be sent")
+        h.write_bytes(b"h\n")
+        os.rename(h, f)  # staged: its upload waits for the DELETE
+        t.start()        # server-side copy of g.txt onto f.txt
+        time.sleep(1.5)
     finally:
         release.set()
-        os.close(fd)
-        for t in threads:
-            if t.is_alive():
-                t.join(HANG_BOUND)
+        t.join(HANG_BOUND)
+    assert done.get("rc") == "ok", done
     flush(m)
-    assert get_object(s3, bucket, "f.bin") == b"one\ntwo\n"
-    md = s3.head_object(Bucket=bucket, Key="f.bin")["Metadata"]
-    assert int(md["mode"]) & 0o7777 == 0o600, md  # s3fs style: decimal st_mode
+    assert f.read_bytes() == b"gee\n"
+    assert get_object(s3, bucket, "f.txt") == b"gee\n"
+    assert list_keys(s3, bucket) == ["f.txt"]
+
+
+def test_directory_renamed_onto_one_just_removed(s3, bucket, proxy, mount):
+    """rm -r dst; mv src dst before the DELETEs of dst's objects went out:
+    they must not run after the rename's copies (dst/a.txt would be deleted
+    from S3 after the rename put src/a.txt there)."""
+    m = mount(bucket, f"endpoint={proxy.endpoint}", "path_style", "timeout=30",
+              "writeback_delay=2")
+    (m.path / "dst").mkdir()
+    (m.path / "dst" / "a.txt").write_bytes(b"old\n")
+    (m.path / "dst" / "b.txt").write_bytes(b"old b\n")
+    (m.path / "src").mkdir()
+    (m.path / "src" / "a.txt").write_bytes(b"new\n")
+    flush(m)
+    os.unlink(m.path / "dst" / "a.txt")
+    os.unlink(m.path / "dst" / "b.txt")
+    os.rmdir(m.path / "dst")  # three DELETEs due in 2 s
+    os.rename(m.path / "src", m.path / "dst")
+    flush(m)
+    assert sorted(os.listdir(m.path / "dst")) == ["a.txt"]
+    assert (m.path / "dst" / "a.txt").read_bytes() == b"new\n"
+    assert get_object(s3, bucket, "dst/a.txt") == b"new\n"
+    assert [k for k in list_keys(s3, bucket) if not k.endswith("/")] == ["dst/a.txt"]
+    m.unmount()
+    m2 = mount(bucket, f"endpoint={proxy.endpoint}", "path_style", "timeout=30")
+    assert sorted(os.listdir(m2.path / "dst")) == ["a.txt"]
+    assert (m2.path / "dst" / "a.txt").read_bytes() == b"new\n"
 
 
 @pytest.mark.parametrize("op", ["unlink", "rename"])
@@ -483,8 +504,11 @@ def test_object_of_an_upload_overtaken_by_a_change_is_removed(s3, bucket, proxy,
     try:
         (m.path / "n.txt").write_bytes(b"one\n")
         wait_for(lambda: rule.hits == 1, timeout=30, what="the first PUT")
-        os.chmod(m.path / "n.txt", 0o600)  # while that PUT runs
-        assert get_object(s3, bucket, "n.txt") == b"one\n"  # (RGW has it)
+        # the proxy counts the hit before it forwards: wait until RGW has it
+        wait_for(lambda: etag_of(s3, bucket, "n.txt") is not None, timeout=30,
+                 what="the first PUT to reach the server")
+        os.chmod(m.path / "n.txt", 0o600)  # while that PUT's answer is held
+        assert get_object(s3, bucket, "n.txt") == b"one\n"
     finally:
         release.set()
     if op == "unlink":
