@@ -982,8 +982,8 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 	 * neither run during the copy nor after it; nor one on its way that a
 	 * later job of the key waits for (its after) */
 	dj = wb_find(fs->wb, buf_str(&tk));
-	if (dj && (dj->running || (dj->after && dj->after->running))) {
-		wb_wait_idle(fs->wb, dj->running ? dj : dj->after);
+	if (dj && wb_in_flight(dj)) {
+		wb_wait_idle(fs->wb, wb_in_flight(dj));
 		rc = -EAGAIN; /* the lock was dropped: start again */
 		goto out;
 	}

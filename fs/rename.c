@@ -154,7 +154,7 @@ static int blocker_cb(struct wb_job *j, void *arg)
 
 	if (strncmp(j->key, bc->prefix, bc->plen) != 0)
 		return 0;
-	if (j->running || j->kind != WB_PUT || (j->after && j->after->running)) {
+	if (wb_in_flight(j) || j->kind != WB_PUT) {
 		bc->found = j;
 		return 1;
 	}
@@ -205,10 +205,8 @@ static int settle_jobs(struct fs *fs, const char *prefix, int *rc)
 	wb_foreach(fs->wb, blocker_cb, &bc);
 	if (!bc.found)
 		return 0;
-	if (bc.found->running)
-		wb_wait_idle(fs->wb, bc.found);
-	else if (bc.found->after && bc.found->after->running)
-		wb_wait_idle(fs->wb, bc.found->after);
+	if (wb_in_flight(bc.found))
+		wb_wait_idle(fs->wb, wb_in_flight(bc.found));
 	else
 		*rc = wb_sync(fs->wb, bc.found);
 	return 1;

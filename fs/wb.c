@@ -382,11 +382,14 @@ static void wake(struct wb *wb, double due)
  * it ends, or S3 could see the PUT before the DELETE; nor if old itself was
  * still waiting for such a request (a file created again and rewritten
  * while the DELETE is in flight). */
+struct wb_job *wb_in_flight(struct wb_job *j)
+{
+	return j->running ? j : j->after && j->after->running ? j->after : NULL;
+}
+
 static void supersede(struct wb *wb, struct wb_job *j, struct wb_job *old)
 {
-	struct wb_job *prev = old->running ? old
-			      : old->after && old->after->running ? old->after
-								   : NULL;
+	struct wb_job *prev = wb_in_flight(old);
 
 	if (prev) {
 		if (j->after)

@@ -127,6 +127,9 @@ int wb_sync_all(struct wb *wb) WUR;
 /* dir lost its last entry: if S3 knows it only through its children, give it
  * a marker so it stays (a directory made here is removed by rmdir only). */
 int wb_keep_dir(struct wb *wb, struct node *dir) WUR;
+/* The request of j's key on its way now: j itself, or the replaced job j
+ * waits for (its after); NULL if none.  Locked. */
+struct wb_job *wb_in_flight(struct wb_job *j);
 /* Call fn on every job until it returns non-zero (returned); fn must not
  * add or remove jobs. */
 int wb_foreach(struct wb *wb, int (*fn)(struct wb_job *j, void *arg), void *arg);
