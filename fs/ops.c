@@ -519,7 +519,7 @@ static int stage_for_write(struct fs *fs, const char *path, struct node *n, int 
 		UNLOCK(fs);
 		rc = fill_from_remote(fs, buf_str(&key), etag, size, compressed, j->data);
 		LOCK(fs);
-		j->writers--;
+		wb_drop_writer(fs->wb, j);
 		if (rc < 0 && !j->cancelled) {
 			log_error("cannot fetch '%s' for writing: %s", buf_str(&key), strerror(-rc));
 			wb_cancel(fs->wb, j);
@@ -699,7 +699,7 @@ static int op_open(const char *path, struct fuse_file_info *fi)
 	else
 		rc = open_read(fs, path, of);
 	if (rc < 0 && of->job && of->writable)
-		of->job->writers--;
+		wb_drop_writer(fs->wb, of->job);
 	UNLOCK(fs);
 	if (rc < 0) {
 		ofile_free(fs, of);
@@ -752,7 +752,7 @@ static int op_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 		tree_remove(n);
 out:
 	if (rc < 0 && of->job && of->writable)
-		of->job->writers--;
+		wb_drop_writer(fs->wb, of->job);
 	UNLOCK(fs);
 	if (rc < 0) {
 		ofile_free(fs, of);
@@ -866,7 +866,7 @@ static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 			of->job->writers--;
 		wb_touch(fs->wb, of->job);
 	} else if (of == &tmp && of->job) {
-		of->job->writers--;
+		wb_drop_writer(fs->wb, of->job);
 	}
 	if (of == &tmp && tmp.job)
 		wb_unref(fs->wb, tmp.job);
@@ -987,17 +987,24 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 		rc = -EAGAIN; /* the lock was dropped: start again */
 		goto out;
 	}
-	if (dj) {
-		wb_ref(dj);
-		dj->writers++; /* not due while we copy */
+	/* and any other write of either key (a job's upload under a name it
+	 * was renamed from): none starts until these are back */
+	if (wb_key_wait(fs->wb, buf_str(&tk), 0) || wb_key_wait(fs->wb, buf_str(&fk), 0)) {
+		rc = -EAGAIN;
+		goto out;
 	}
+	wb_key_begin(fs->wb, buf_str(&tk), "rename's copy");
+	wb_key_begin(fs->wb, buf_str(&fk), "rename's delete");
+	if (dj)
+		wb_ref(dj);
 	UNLOCK(fs);
 	rc = wb_server_copy(fs->wb, buf_str(&fk), buf_str(&tk), &a, etag, &rsize, &compressed);
 	if (rc == 0)
 		rc = s3_delete(fs->s3, buf_str(&fk));
 	LOCK(fs);
+	wb_key_end(fs->wb, buf_str(&tk));
+	wb_key_end(fs->wb, buf_str(&fk));
 	if (dj) {
-		dj->writers--;
 		if (rc == 0 && !dj->cancelled && dj->kind == WB_DELETE)
 			wb_cancel(fs->wb, dj);
 		wb_unref(fs->wb, dj);
@@ -1162,7 +1169,7 @@ static int op_symlink(const char *target, const char *path)
 	if (rc == 0 && pwrite(of.fd, target, tl, 0) != (ssize_t)tl)
 		rc = -EIO;
 	if (of.job) {
-		of.job->writers--;
+		wb_drop_writer(fs->wb, of.job);
 		if (of.job->node)
 			of.job->node->a.size = tl;
 		if (rc == 0)

@@ -48,10 +48,32 @@ static void mv_run(void *arg)
 		it->rc = s3_delete(it->fs->s3, it->src);
 	else
 		it->rc = wb_server_copy(it->fs->wb, it->src, it->dst, NULL, etag, &rsize, &comp);
+	pthread_mutex_lock(&it->fs->lock);
+	wb_key_end(it->fs->wb, it->del ? it->src : it->dst);
+	pthread_mutex_unlock(&it->fs->lock);
 	pthread_mutex_lock(&it->batch->lock);
 	if (--it->batch->left == 0)
 		pthread_cond_signal(&it->batch->cond);
 	pthread_mutex_unlock(&it->batch->lock);
+}
+
+/* Check in the keys the items write (all of them at once, when none has a
+ * write on its way: waiting while holding some could deadlock with another
+ * rename doing the same).  Unlocked. */
+static void check_in(struct fs *fs, struct mv_item *v, size_t n, int del)
+{
+	size_t i;
+
+	pthread_mutex_lock(&fs->lock);
+	do {
+		for (i = 0; i < n; i++)
+			if (wb_key_wait(fs->wb, del ? v[i].src : v[i].dst, 0))
+				break;
+	} while (i < n);
+	for (i = 0; i < n; i++)
+		wb_key_begin(fs->wb, del ? v[i].src : v[i].dst,
+			     del ? "directory rename's delete" : "directory rename's copy");
+	pthread_mutex_unlock(&fs->lock);
 }
 
 /* Run every item (copy or delete phase) in parallel; first error or 0. */
@@ -60,6 +82,7 @@ static int run_all(struct fs *fs, struct mv_item *v, size_t n, int del)
 	struct mv_batch b = { .left = (int)n };
 	int rc = 0;
 
+	check_in(fs, v, n, del);
 	pthread_mutex_init(&b.lock, NULL);
 	pthread_cond_init(&b.cond, NULL);
 	for (size_t i = 0; i < n; i++) {
@@ -204,7 +227,8 @@ static int settle_jobs(struct fs *fs, const char *prefix, int *rc)
 
 	wb_foreach(fs->wb, blocker_cb, &bc);
 	if (!bc.found)
-		return 0;
+		return wb_key_wait(fs->wb, prefix, 1); /* an upload under a name
+							 * it was renamed from */
 	if (wb_in_flight(bc.found))
 		wb_wait_idle(fs->wb, wb_in_flight(bc.found));
 	else
@@ -261,7 +285,7 @@ int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 	struct htab *staged = NULL;
 	struct blocker_ctx bc;
 	const char *name;
-	int rc = 0;
+	int rc = 0, frozen = 0;
 
 	if (strncmp(to, from, strlen(from)) == 0 && to[strlen(from)] == '/')
 		return -EINVAL; /* into itself */
@@ -269,13 +293,20 @@ int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 	buf_init(&dk, 8192);
 	rc = meta_resolve(fs, from, &n) ?: check_dst(fs, to) ?: tree_key(fs, n, 1, &sk);
 	rc = rc ?: buf_addf(&dk, "%s%s/", fs->conf.prefix, to + 1);
-	while (rc == 0 && settle_jobs(fs, buf_str(&sk), &rc))
-		;
-	/* and under the destination: DELETEs of a directory removed a moment
-	 * ago (rm -r dst; mv src dst) must not run after the copies */
-	while (rc == 0 && settle_jobs(fs, buf_str(&dk), &rc))
+	/* under the old name, and under the new one: DELETEs of a directory
+	 * removed a moment ago (rm -r dst; mv src dst) must not run after the
+	 * copies */
+	while (rc == 0 && (settle_jobs(fs, buf_str(&sk), &rc) ||
+			   settle_jobs(fs, buf_str(&dk), &rc)))
 		;
 	rc = rc ?: meta_resolve(fs, from, &n) ?: check_dst(fs, to) ?: htab_new(&staged);
+	/* the staged uploads under the old name go up under the new one: none
+	 * may start before they have it */
+	if (rc == 0 && (rc = wb_freeze(fs->wb, buf_str(&sk))) == 0) {
+		frozen = 1;
+		if ((rc = wb_freeze(fs->wb, buf_str(&dk))) == 0)
+			frozen = 2;
+	}
 	if (rc < 0)
 		goto out;
 	bc = (struct blocker_ctx){ buf_str(&sk), sk.len, (struct wb_job *)staged };
@@ -298,6 +329,10 @@ int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 		mark_unlisted(n); /* relist below the new name */
 	}
 out:
+	if (frozen > 0)
+		wb_thaw(fs->wb, buf_str(&sk));
+	if (frozen > 1)
+		wb_thaw(fs->wb, buf_str(&dk));
 	if (staged)
 		htab_free(staged, NULL);
 	buf_release(&sk);

@@ -17,6 +17,9 @@
  * changes meanwhile bump gen and the job runs again), done (removed).
  * Operations that must not race an upload of the same key (rename, unlink,
  * reopening for write) wait for the running attempt with wb_wait_idle.
+ * Every write of a key is checked in while it is on its way (wb_key_*):
+ * no job starts while its key has one, and the writes outside the job
+ * table (renames, header changes) wait for the key first.
  *
  * Journal: each job is a file STAGING/SEQ.job (with its data in
  * STAGING/SEQ.data) rewritten atomically on every change, removed when done.
@@ -52,6 +55,7 @@ struct wb_job {
 	int cancelled;        /* removed from the table while referenced */
 	struct node *node;    /* the node it belongs to, NULL for deletes */
 	struct wb_job *after; /* the replaced job of the key, while it may still run */
+	char *sent_key;       /* the key checked in at dispatch, until the worker takes it */
 	char up_etag[S3_ETAG_MAX]; /* an upload done while writers were open (fsync) */
 	uint64_t up_rsize;
 	int up_compressed;
@@ -65,7 +69,6 @@ struct wb_job {
 	int journaled;        /* SEQ.job exists: rewritten in place */
 	int jx;               /* ... or it is the xattr JOB_XATTR of SEQ.data */
 	int jfile;            /* a SEQ.job file may exist (unlinked when jx takes over) */
-	int followed;         /* some job's after: its end wakes the dispatcher */
 	int syncing;          /* callers waiting in wb_sync: a change keeps it due */
 	size_t jlen;          /* its length */
 	uint64_t jsum;        /* hash of its text: an unchanged entry is not rewritten */
@@ -109,6 +112,9 @@ int wb_delete(struct wb *wb, const char *key) WUR;
 /* A writer closed j: the job becomes due (or completes at once when an
  * fsync already uploaded exactly this version). */
 void wb_close_writer(struct wb *wb, struct wb_job *j);
+/* A writer count taken without a close to follow (an open that failed, a
+ * copy in from S3 done) is given back: the job may be due now. */
+void wb_drop_writer(struct wb *wb, struct wb_job *j);
 /* close() returned: journal j as it stands, even with writers open. Locked. */
 void wb_journal_now(struct wb *wb, struct wb_job *j);
 /* A change happened: bump gen, push due, rewrite the journal. */
@@ -130,6 +136,24 @@ int wb_keep_dir(struct wb *wb, struct node *dir) WUR;
 /* The request of j's key on its way now: j itself, or the replaced job j
  * waits for (its after); NULL if none.  Locked. */
 struct wb_job *wb_in_flight(struct wb_job *j);
+/* Writes on their way, by key (locked, all of them).  At most one write of
+ * a key is on its way: the dispatcher starts no job whose key is busy, and
+ * any other writer (a rename's copies and deletes, a header set by xattr)
+ * waits for the key, then checks in before it drops the lock.
+ * wb_key_busy: a write of key (prefix: of any key under it) is on its way.
+ * wb_key_wait: if so, wait for one to come back (drops the lock) and
+ * return 1 (the caller starts again), else 0.
+ * wb_key_begin: check in a write (what: "rename's copy", ...); a second one
+ * of a key logs a line starting "BUG:" (the tests fail on it).
+ * wb_key_end: it came back; wakes whoever waits for the key. */
+int wb_key_busy(struct wb *wb, const char *key, int prefix);
+int wb_key_wait(struct wb *wb, const char *key, int prefix);
+void wb_key_begin(struct wb *wb, const char *key, const char *what);
+void wb_key_end(struct wb *wb, const char *key);
+/* No job under prefix starts until wb_thaw (a directory rename copying the
+ * objects under it).  -EBUSY when too many are frozen, -ENOMEM.  Locked. */
+int wb_freeze(struct wb *wb, const char *prefix) WUR;
+void wb_thaw(struct wb *wb, const char *prefix);
 /* Call fn on every job until it returns non-zero (returned); fn must not
  * add or remove jobs. */
 int wb_foreach(struct wb *wb, int (*fn)(struct wb_job *j, void *arg), void *arg);

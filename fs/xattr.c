@@ -169,8 +169,20 @@ static int set_header(struct fs *fs, const char *path, const struct hdr_attr *h,
 	rc = lookup(fs, path, &key, &a, &is_dir, &remote);
 	if (rc == 0 && (is_dir || !remote))
 		rc = is_dir ? -EISDIR : -EAGAIN; /* not uploaded yet: flush first */
-	if (rc == 0)
+	if (rc == 0) {
+		/* no other write of the key on its way meanwhile: a chmod's
+		 * copy started before this one would land after it, with the
+		 * old header */
+		pthread_mutex_lock(&fs->lock);
+		while (wb_key_wait(fs->wb, buf_str(&key), 0))
+			;
+		wb_key_begin(fs->wb, buf_str(&key), "header change");
+		pthread_mutex_unlock(&fs->lock);
 		rc = wb_set_header(fs->wb, buf_str(&key), &a, h->header, v, etag);
+		pthread_mutex_lock(&fs->lock);
+		wb_key_end(fs->wb, buf_str(&key));
+		pthread_mutex_unlock(&fs->lock);
+	}
 	if (rc == 0) {
 		pthread_mutex_lock(&fs->lock);
 		if (meta_resolve(fs, path, &n) == 0 && !n->job)

@@ -52,8 +52,10 @@ EXIT_TIMEOUT = 240 if WRAPPER else 60  # seconds for cdnfs to exit after an unmo
 # a whole test gets this long before its cdnfs processes are killed, which
 # turns a hung FUSE call into ENOTCONN and a failing test instead of a hang
 TEST_TIMEOUT = int(os.environ.get("CDNFS_TEST_TIMEOUT", "600"))
+# "BUG:" is cdnfs's own run-time check (two writes of one key on their way
+# at once, wb_key_begin)
 SANITIZER_MARKS = ("AddressSanitizer", "LeakSanitizer", "ThreadSanitizer",
-                   "runtime error:")
+                   "runtime error:", "BUG:")
 
 
 def _on_signal(signum, frame):
@@ -199,7 +201,7 @@ class Mount:
                 problems.append(f"cdnfs exited with status {rc}")
         log = self.read_log()
         if sanitizer_report(log):
-            problems.append("sanitizer or valgrind report in the cdnfs log")
+            problems.append("sanitizer, valgrind or BUG: report in the cdnfs log")
         if problems:
             tail = "\n".join(log.splitlines()[-60:])
             problems.append(f"--- {self.log} (tail) ---\n{tail}")

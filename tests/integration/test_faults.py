@@ -386,6 +386,21 @@ def test_listing_sent_before_a_delete_does_not_bring_it_back(s3, bucket, proxy, 
     assert not (d / "x.txt").exists()
 
 
+def rename_thread(a, b):
+    """A thread (not started) that renames a to b; done["rc"] is "ok" or
+    the OSError once it ran."""
+    done = {}
+
+    def run():
+        try:
+            os.rename(a, b)
+            done["rc"] = "ok"
+        except OSError as e:
+            done["rc"] = e
+
+    return threading.Thread(target=run), done
+
+
 def test_rename_onto_a_file_created_again_waits_for_the_delete_in_flight(s3, bucket, proxy,
                                                                         mount):
     """x.txt is unlinked and its DELETE is on its way (held here before it
@@ -436,16 +451,7 @@ def test_server_side_rename_onto_a_name_whose_delete_is_in_flight(s3, bucket, pr
     release = threading.Event()
     rule = proxy.add("hold", method="DELETE", key="f.txt", count=1,
                      fn=lambda req: release.wait(HANG_BOUND))
-    done = {}
-
-    def rename_g():
-        try:
-            os.rename(g, f)
-            done["rc"] = "ok"
-        except OSError as e:
-            done["rc"] = e
-
-    t = threading.Thread(target=rename_g)
+    t, done = rename_thread(g, f)
     try:
         os.unlink(f)
         wait_for(lambda: rule.hits == 1, timeout=30, what="the DELETE to be sent")
@@ -520,3 +526,39 @@ def test_object_of_an_upload_overtaken_by_a_change_is_removed(s3, bucket, proxy,
     assert list_keys(s3, bucket) == want
     if op == "rename":
         assert get_object(s3, bucket, "r.txt") == b"one\n"
+
+
+def test_staged_file_does_not_go_up_under_the_old_name_during_a_directory_rename(
+        s3, bucket, proxy, mount):
+    """src/new.txt is closed but not uploaded when `mv src dst` starts; the
+    rename's server-side copy of src/old.txt is held, so new.txt's upload
+    falls due meanwhile.  It must wait and go up as dst/new.txt: uploaded as
+    src/new.txt during the copies, it would be left there (or deleted with
+    the old keys) and dst/new.txt never uploaded."""
+    m = mount(bucket, f"endpoint={proxy.endpoint}", "path_style", "timeout=30",
+              "writeback_delay=1")
+    src = m.path / "src"
+    src.mkdir()
+    (src / "old.txt").write_bytes(b"old\n")
+    flush(m)
+    release = threading.Event()
+    rule = proxy.add("hold", method="PUT", key="dst/old.txt", count=1,
+                     fn=lambda req: release.wait(HANG_BOUND))
+    t, done = rename_thread(src, m.path / "dst")
+    try:
+        (src / "new.txt").write_bytes(b"new\n")
+        t.start()
+        wait_for(lambda: rule.hits == 1, timeout=30, what="the rename's copy")
+        time.sleep(3)  # 3x writeback_delay: new.txt falls due during the copy
+        assert proxy.count(method="PUT", key="src/new.txt") == 0, \
+            "new.txt went up under its old name during the directory rename"
+    finally:
+        release.set()
+        t.join(HANG_BOUND)
+    assert done.get("rc") == "ok", done
+    flush(m)
+    assert sorted(os.listdir(m.path / "dst")) == ["new.txt", "old.txt"]
+    assert get_object(s3, bucket, "dst/new.txt") == b"new\n"
+    assert get_object(s3, bucket, "dst/old.txt") == b"old\n"
+    assert [k for k in list_keys(s3, bucket) if not k.endswith("/")] == \
+        ["dst/new.txt", "dst/old.txt"]
