@@ -57,22 +57,38 @@ static void mv_run(void *arg)
 	pthread_mutex_unlock(&it->batch->lock);
 }
 
-/* Check in the keys the items write (all of them at once, when none has a
- * write on its way: waiting while holding some could deadlock with another
- * rename doing the same).  Unlocked. */
-static void check_in(struct fs *fs, struct mv_item *v, size_t n, int del)
+/* Check in every key the rename writes or reads: each source (copied, then
+ * deleted: a header set on it meanwhile would be lost) and each copy's
+ * destination, all at once when none has a write on its way (waiting while
+ * holding some could deadlock with another rename doing the same).  The
+ * copies check their destinations out, the deletes their sources; check_out
+ * gives the sources back when the deletes do not run.  Unlocked. */
+static void check_in(struct fs *fs, struct mv_item *v, size_t nv, struct mv_item *c, size_t nc)
 {
-	size_t i;
+	size_t i, k;
 
 	pthread_mutex_lock(&fs->lock);
-	do {
-		for (i = 0; i < n; i++)
-			if (wb_key_wait(fs->wb, del ? v[i].src : v[i].dst, 0))
-				break;
-	} while (i < n);
-	for (i = 0; i < n; i++)
-		wb_key_begin(fs->wb, del ? v[i].src : v[i].dst,
-			     del ? "directory rename's delete" : "directory rename's copy");
+	for (;;) {
+		for (i = 0; i < nv && !wb_key_busy(fs->wb, v[i].src, 0); i++)
+			;
+		for (k = 0; i == nv && k < nc && !wb_key_busy(fs->wb, c[k].dst, 0); k++)
+			;
+		if (i == nv && k == nc)
+			break;
+		wb_key_wait(fs->wb, i < nv ? v[i].src : c[k].dst, 0);
+	}
+	for (i = 0; i < nv; i++)
+		wb_key_begin(fs->wb, v[i].src, "directory rename's copy and delete");
+	for (k = 0; k < nc; k++)
+		wb_key_begin(fs->wb, c[k].dst, "directory rename's copy");
+	pthread_mutex_unlock(&fs->lock);
+}
+
+static void check_out(struct fs *fs, struct mv_item *v, size_t nv)
+{
+	pthread_mutex_lock(&fs->lock);
+	for (size_t i = 0; i < nv; i++)
+		wb_key_end(fs->wb, v[i].src);
 	pthread_mutex_unlock(&fs->lock);
 }
 
@@ -82,7 +98,6 @@ static int run_all(struct fs *fs, struct mv_item *v, size_t n, int del)
 	struct mv_batch b = { .left = (int)n };
 	int rc = 0;
 
-	check_in(fs, v, n, del);
 	pthread_mutex_init(&b.lock, NULL);
 	pthread_cond_init(&b.cond, NULL);
 	for (size_t i = 0; i < n; i++) {
@@ -236,6 +251,15 @@ static int settle_jobs(struct fs *fs, const char *prefix, int *rc)
 	return 1;
 }
 
+/* settle_jobs would wait.  Locked; does not drop the lock. */
+static int unsettled(struct fs *fs, const char *prefix)
+{
+	struct blocker_ctx bc = { prefix, strlen(prefix), NULL };
+
+	wb_foreach(fs->wb, blocker_cb, &bc);
+	return bc.found || wb_key_busy(fs->wb, prefix, 1);
+}
+
 static int check_dst(struct fs *fs, const char *to)
 {
 	struct node *dir, *dst;
@@ -267,8 +291,14 @@ static int move_remote(struct fs *fs, const char *sk, const char *dk, struct hta
 	for (size_t i = 0; rc == 0 && i < nv; i++)
 		if (!htab_get(staged, v[i].src))
 			copies[nc++] = v[i];
-	rc = rc ?: run_all(fs, copies, nc, 0);
-	rc = rc ?: run_all(fs, v, nv, 1);
+	if (rc == 0) {
+		check_in(fs, v, nv, copies, nc);
+		rc = run_all(fs, copies, nc, 0);
+		if (rc == 0)
+			rc = run_all(fs, v, nv, 1);
+		else
+			check_out(fs, v, nv);
+	}
 	for (size_t i = 0; i < nv; i++) {
 		free(v[i].src);
 		free(v[i].dst);
@@ -296,10 +326,17 @@ int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 	/* under the old name, and under the new one: DELETEs of a directory
 	 * removed a moment ago (rm -r dst; mv src dst) must not run after the
 	 * copies */
-	while (rc == 0 && (settle_jobs(fs, buf_str(&sk), &rc) ||
-			   settle_jobs(fs, buf_str(&dk), &rc)))
-		;
-	rc = rc ?: meta_resolve(fs, from, &n) ?: check_dst(fs, to) ?: htab_new(&staged);
+	for (;;) {
+		while (rc == 0 && (settle_jobs(fs, buf_str(&sk), &rc) ||
+				   settle_jobs(fs, buf_str(&dk), &rc)))
+			;
+		/* these may drop the lock (a listing): settled again below
+		 * without dropping it, up to the freeze */
+		rc = rc ?: meta_resolve(fs, from, &n) ?: check_dst(fs, to);
+		if (rc < 0 || (!unsettled(fs, buf_str(&sk)) && !unsettled(fs, buf_str(&dk))))
+			break;
+	}
+	rc = rc ?: htab_new(&staged);
 	/* the staged uploads under the old name go up under the new one: none
 	 * may start before they have it */
 	if (rc == 0 && (rc = wb_freeze(fs->wb, buf_str(&sk))) == 0) {

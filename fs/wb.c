@@ -59,8 +59,6 @@
  * pass over the table per tick, not per file, while a tree is copied in
  * (an fsync, a flush or a job that is due at once still wakes it). */
 #define DISPATCH_TICK 0.01
-/* Directory renames at once (each freezes two prefixes). */
-#define FROZEN_MAX 32
 #define WB_RELEASE_WAIT 2
 #define WB_COPY_PART ((uint64_t)512 << 20)
 /* The journal entry of a job with staged data lives in this extended
@@ -84,7 +82,7 @@ struct wb {
 	uint64_t n_uploaded, n_failed, n_deleted;
 	int xattr;              /* journal in xattrs (conf, until ENOTSUP) */
 	struct htab *busy;      /* key -> what: the writes on their way (fs->lock) */
-	char *frozen[FROZEN_MAX]; /* prefixes whose jobs wait (directory renames) */
+	char **frozen;          /* prefixes whose jobs wait (directory renames) */
 	int nfrozen;
 };
 
@@ -417,27 +415,47 @@ int wb_key_busy(struct wb *wb, const char *key, int prefix)
 
 int wb_key_wait(struct wb *wb, const char *key, int prefix)
 {
-	if (!wb_key_busy(wb, key, prefix))
-		return 0;
-	pthread_cond_wait(&wb->fs->cond, &wb->fs->lock); /* wb_key_end broadcasts */
-	return 1;
+	int waited = 0;
+
+	while (wb_key_busy(wb, key, prefix)) {
+		pthread_cond_wait(&wb->fs->cond, &wb->fs->lock); /* wb_key_end broadcasts */
+		waited = 1;
+	}
+	return waited;
 }
+
+struct busy {
+	const char *what; /* of the first */
+	int n;            /* more than 1 only after a "BUG:" */
+};
 
 void wb_key_begin(struct wb *wb, const char *key, const char *what)
 {
-	const char *other = htab_get(wb->busy, key);
+	struct busy *b = htab_get(wb->busy, key);
 
-	if (other)
-		log_error("BUG: %s of '%s' sent while a %s of it is on its way", what, key, other);
-	else if (htab_put(wb->busy, key, (void *)what, NULL) < 0)
+	if (b) {
+		log_error("BUG: %s of '%s' sent while a %s of it is on its way", what, key,
+			  b->what);
+		b->n++;
+		return;
+	}
+	b = malloc(sizeof(*b));
+	if (!b || htab_put(wb->busy, key, b, NULL) < 0) {
+		free(b);
 		log_warn("cannot track the %s of '%s': out of memory", what, key);
+		return;
+	}
+	b->what = what;
+	b->n = 1;
 }
 
 void wb_key_end(struct wb *wb, const char *key)
 {
+	struct busy *b = htab_get(wb->busy, key);
 	struct wb_job *j;
 
-	htab_del(wb->busy, key);
+	if (b && --b->n == 0)
+		free(htab_del(wb->busy, key));
 	j = htab_get(wb->jobs, key);
 	if (j && !j->running)
 		pthread_cond_signal(&wb->cond); /* it may start now */
@@ -446,12 +464,14 @@ void wb_key_end(struct wb *wb, const char *key)
 
 int wb_freeze(struct wb *wb, const char *prefix)
 {
-	if (wb->nfrozen == FROZEN_MAX)
-		return -EBUSY;
-	wb->frozen[wb->nfrozen] = strdup(prefix);
-	if (!wb->frozen[wb->nfrozen])
+	char *p = strdup(prefix), **nf = p ? realloc(wb->frozen, (wb->nfrozen + 1) * sizeof(p)) : NULL;
+
+	if (!nf) {
+		free(p);
 		return -ENOMEM;
-	wb->nfrozen++;
+	}
+	wb->frozen = nf;
+	wb->frozen[wb->nfrozen++] = p;
 	return 0;
 }
 
@@ -1886,7 +1906,10 @@ static void job_run(void *arg)
 			log_error("cannot queue the delete of '%s'", s.key);
 	}
 	pthread_cond_broadcast(&fs->cond);
-	if (!done)
+	if (j->cancelled || strcmp(j->key, s.key) != 0)
+		pthread_cond_signal(&wb->cond); /* replaced or renamed meanwhile: the
+						 * job of its new key may wait for it */
+	else if (!done)
 		wake(wb, j->due); /* again, now or after a backoff */
 	pthread_mutex_unlock(&fs->lock);
 
@@ -2205,9 +2228,10 @@ void wb_free(struct wb *wb)
 	if (wb->jobs)
 		htab_free(wb->jobs, job_drop);
 	if (wb->busy)
-		htab_free(wb->busy, NULL);
+		htab_free(wb->busy, free);
 	for (int i = 0; i < wb->nfrozen; i++)
 		free(wb->frozen[i]);
+	free(wb->frozen);
 	pthread_cond_destroy(&wb->cond);
 	free(wb->dir);
 	free(wb);

@@ -141,8 +141,8 @@ struct wb_job *wb_in_flight(struct wb_job *j);
  * any other writer (a rename's copies and deletes, a header set by xattr)
  * waits for the key, then checks in before it drops the lock.
  * wb_key_busy: a write of key (prefix: of any key under it) is on its way.
- * wb_key_wait: if so, wait for one to come back (drops the lock) and
- * return 1 (the caller starts again), else 0.
+ * wb_key_wait: if so, wait until none is (drops the lock) and return 1
+ * (the caller starts again), else 0.
  * wb_key_begin: check in a write (what: "rename's copy", ...); a second one
  * of a key logs a line starting "BUG:" (the tests fail on it).
  * wb_key_end: it came back; wakes whoever waits for the key. */
@@ -151,7 +151,7 @@ int wb_key_wait(struct wb *wb, const char *key, int prefix);
 void wb_key_begin(struct wb *wb, const char *key, const char *what);
 void wb_key_end(struct wb *wb, const char *key);
 /* No job under prefix starts until wb_thaw (a directory rename copying the
- * objects under it).  -EBUSY when too many are frozen, -ENOMEM.  Locked. */
+ * objects under it).  -ENOMEM.  Locked. */
 int wb_freeze(struct wb *wb, const char *prefix) WUR;
 void wb_thaw(struct wb *wb, const char *prefix);
 /* Call fn on every job until it returns non-zero (returned); fn must not

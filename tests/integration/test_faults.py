@@ -528,6 +528,17 @@ def test_object_of_an_upload_overtaken_by_a_change_is_removed(s3, bucket, proxy,
         assert get_object(s3, bucket, "r.txt") == b"one\n"
 
 
+def mount_with_dir(mount, bucket, proxy, name, data):
+    """A mount through the proxy with src/NAME uploaded: (mount, src)."""
+    m = mount(bucket, f"endpoint={proxy.endpoint}", "path_style", "timeout=30",
+              "writeback_delay=1")
+    src = m.path / "src"
+    src.mkdir()
+    (src / name).write_bytes(data)
+    flush(m)
+    return m, src
+
+
 def test_staged_file_does_not_go_up_under_the_old_name_during_a_directory_rename(
         s3, bucket, proxy, mount):
     """src/new.txt is closed but not uploaded when `mv src dst` starts; the
@@ -535,12 +546,7 @@ def test_staged_file_does_not_go_up_under_the_old_name_during_a_directory_rename
     falls due meanwhile.  It must wait and go up as dst/new.txt: uploaded as
     src/new.txt during the copies, it would be left there (or deleted with
     the old keys) and dst/new.txt never uploaded."""
-    m = mount(bucket, f"endpoint={proxy.endpoint}", "path_style", "timeout=30",
-              "writeback_delay=1")
-    src = m.path / "src"
-    src.mkdir()
-    (src / "old.txt").write_bytes(b"old\n")
-    flush(m)
+    m, src = mount_with_dir(mount, bucket, proxy, "old.txt", b"old\n")
     release = threading.Event()
     rule = proxy.add("hold", method="PUT", key="dst/old.txt", count=1,
                      fn=lambda req: release.wait(HANG_BOUND))
@@ -562,3 +568,33 @@ def test_staged_file_does_not_go_up_under_the_old_name_during_a_directory_rename
     assert get_object(s3, bucket, "dst/old.txt") == b"old\n"
     assert [k for k in list_keys(s3, bucket) if not k.endswith("/")] == \
         ["dst/new.txt", "dst/old.txt"]
+
+
+def test_header_set_on_a_file_of_a_directory_being_renamed_is_not_lost(s3, bucket, proxy,
+                                                                       mount):
+    """`mv src dst` has copied src/x.txt (its answer is held back) when a
+    header is set on src/x.txt.  The header change must not land on
+    src/x.txt between the copy and the delete, where it is lost with the
+    delete while setfattr reports success: it waits for the rename, then
+    finds the old name gone (ENOENT), or lands on the new name.  (Two things
+    keep it so: libfuse's path locks hold the setfattr of a path under a
+    directory being renamed, and cdnfs checks in the rename's sources until
+    they are deleted; this passes on a build without the second.)"""
+    m, src = mount_with_dir(mount, bucket, proxy, "x.txt", b"x\n")
+    rule = proxy.add("delay", method="PUT", key="dst/x.txt", count=1, seconds_stall=3)
+    t, done = rename_thread(src, m.path / "dst")
+    t.start()
+    wait_for(lambda: etag_of(s3, bucket, "dst/x.txt") is not None, timeout=30,
+             what="the rename's copy to reach the server")
+    assert rule.hits == 1
+    try:
+        os.setxattr(src / "x.txt", "user.cdnfs.cache_control", b"max-age=5")
+        header_set = "ok"
+    except OSError as e:
+        header_set = e.errno
+    t.join(HANG_BOUND)
+    assert done.get("rc") == "ok", done
+    cc = s3.head_object(Bucket=bucket, Key="dst/x.txt").get("CacheControl")
+    assert header_set == errno.ENOENT or (header_set == "ok" and cc == "max-age=5"), \
+        f"setfattr: {header_set}, Cache-Control of dst/x.txt: {cc}"
+    assert [k for k in list_keys(s3, bucket) if not k.endswith("/")] == ["dst/x.txt"]
