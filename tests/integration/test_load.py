@@ -2,7 +2,8 @@
 
 16 worker threads run for CDNFS_LOAD_SECONDS (default 15; `make load`: 60)
 over CDNFS_LOAD_FILES names (default 1,000; `make load`: 10,000): create,
-overwrite, read and verify, rename, unlink, picked at random.  The content of
+overwrite, read and verify, rename, unlink, picked at random, and now and
+then a rename of a whole directory away and back.  The content of
 a file is derived from the (name, version) it was written as, so every read
 is checked against a model; each name has a lock, so the model is exact.
 
@@ -37,6 +38,8 @@ SECONDS = float(os.environ.get("CDNFS_LOAD_SECONDS", "15"))
 FILES = int(os.environ.get("CDNFS_LOAD_FILES", "1000"))
 WORKERS = 16
 RENAMES = os.environ.get("CDNFS_LOAD_RENAMES", "1") != "0"  # 0: to bisect a failure
+DIR_RENAMES = os.environ.get("CDNFS_LOAD_DIR_RENAMES", "1") != "0"
+DIRS = 40
 TOP = "load"
 
 
@@ -72,7 +75,10 @@ class Model:
     """name -> (origin name, version) or None; a lock per name."""
 
     def __init__(self, n):
-        self.names = [f"{TOP}/d{i % 40:02d}/f{i:05d}.dat" for i in range(n)]
+        self.names = [f"{TOP}/d{i % DIRS:02d}/f{i:05d}.dat" for i in range(n)]
+        self.dirs = collections.defaultdict(list)  # directory -> its names, sorted
+        for k in sorted(self.names):
+            self.dirs[os.path.dirname(k)].append(k)
         self.state = {k: None for k in self.names}
         self.version = collections.Counter()
         self.locks = {k: threading.Lock() for k in self.names}
@@ -147,11 +153,33 @@ class Worker:
         self.m.state[a] = None
         return "rename"
 
+    def swap_dir(self, d):
+        """mv d d.mv; mv d.mv d: every object under d is copied twice on the
+        server while the other workers go on elsewhere; staged files follow.
+        Holds the locks of all of d's names, taken in name order like the
+        renames' two (no deadlock)."""
+        locks = [self.m.locks[k] for k in self.m.dirs[d]]
+        for lk in locks:
+            lk.acquire()
+        try:
+            t = time.monotonic()
+            os.rename(self.path(d), self.path(d + ".mv"))
+            os.rename(self.path(d + ".mv"), self.path(d))
+            self.record(t, "rename-dir", d, None)
+        finally:
+            for lk in reversed(locks):
+                lk.release()
+        return "rename-dir"
+
     def one(self):
         rng = self.rng
         names = self.m.names
         a = rng.choice(names)
         r = rng.random()
+        # a directory rename about once per 20 of its files' operations
+        if DIR_RENAMES and rng.random() < 0.05 * DIRS / len(names):
+            self.ops[self.swap_dir(os.path.dirname(a))] += 1
+            return
         if r < 0.06 and RENAMES:  # rename a -> b, locks in name order
             b = rng.choice(names)
             if a == b:
@@ -177,7 +205,7 @@ class Worker:
         """(start, end, worker, op, names, state after): printed for the
         names of a failure."""
         self.history.append((t, time.monotonic(), self.wid, op, (a, b),
-                             (self.m.state[a], self.m.state[b] if b else None)))
+                             (self.m.state.get(a), self.m.state.get(b))))
 
     def run(self):
         while time.monotonic() < self.deadline:
@@ -194,7 +222,7 @@ def story(history, errors, t0):
     names = set(re.findall(TOP + r"/d\d+/f\d+\.dat", "\n".join(errors)))
     lines = [f"{a - t0:9.3f} {b - t0:9.3f} w{wid} {op:14} {x} {y or ''} -> {st}"
              for a, b, wid, op, (x, y), st in sorted(history)
-             if x in names or y in names]
+             if x in names or y in names or any(n.startswith(x + "/") for n in names)]
     return "\n".join(lines[-60:])
 
 
