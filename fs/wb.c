@@ -381,11 +381,6 @@ static void wake(struct wb *wb, double due)
 		pthread_cond_signal(&wb->cond);
 }
 
-/* j takes old's place in the table.  If old is being sent right now (a
- * DELETE of a file that is being created again), j must not start before
- * it ends, or S3 could see the PUT before the DELETE; nor if old itself was
- * still waiting for such a request (a file created again and rewritten
- * while the DELETE is in flight). */
 struct wb_job *wb_in_flight(struct wb_job *j)
 {
 	return j->running ? j : j->after && j->after->running ? j->after : NULL;
@@ -495,6 +490,11 @@ static int frozen(const struct wb *wb, const char *key)
 	return 0;
 }
 
+/* j takes old's place in the table.  If old is being sent right now (a
+ * DELETE of a file that is being created again), j must not start before
+ * it ends, or S3 could see the PUT before the DELETE; nor if old itself was
+ * still waiting for such a request (a file created again and rewritten
+ * while the DELETE is in flight). */
 static void supersede(struct wb *wb, struct wb_job *j, struct wb_job *old)
 {
 	struct wb_job *prev = wb_in_flight(old);
@@ -1906,9 +1906,10 @@ static void job_run(void *arg)
 			log_error("cannot queue the delete of '%s'", s.key);
 	}
 	pthread_cond_broadcast(&fs->cond);
-	if (j->cancelled || strcmp(j->key, s.key) != 0)
-		pthread_cond_signal(&wb->cond); /* replaced or renamed meanwhile: the
-						 * job of its new key may wait for it */
+	if (strcmp(j->key, s.key) != 0)
+		pthread_cond_signal(&wb->cond); /* renamed meanwhile: a job of its new
+						 * key may wait for it (one of s.key
+						 * was woken by wb_key_end) */
 	else if (!done)
 		wake(wb, j->due); /* again, now or after a backoff */
 	pthread_mutex_unlock(&fs->lock);
@@ -1943,9 +1944,11 @@ static int pick_cb(const char *k, void *v, void *arg)
 		return 0;
 	if (j->after && j->after->running)
 		return 0; /* the job it replaced is still being sent */
-	if (wb_key_busy(pc->wb, j->key, 0) || frozen(pc->wb, j->key))
-		return 0; /* woken by wb_key_end, wb_thaw */
 	if (j->due <= pc->now) {
+		/* looked up for due jobs only: the others are most of the
+		 * table during a copy of a tree */
+		if (wb_key_busy(pc->wb, j->key, 0) || frozen(pc->wb, j->key))
+			return 0; /* woken by wb_key_end, wb_thaw */
 		if (pc->n == (int)ARRAY_SIZE(pc->ready))
 			return 1;
 		pc->ready[pc->n++] = j;

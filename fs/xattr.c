@@ -174,8 +174,7 @@ static int set_header(struct fs *fs, const char *path, const struct hdr_attr *h,
 		 * copy started before this one would land after it, with the
 		 * old header */
 		pthread_mutex_lock(&fs->lock);
-		while (wb_key_wait(fs->wb, buf_str(&key), 0))
-			;
+		wb_key_wait(fs->wb, buf_str(&key), 0);
 		wb_key_begin(fs->wb, buf_str(&key), "header change");
 		pthread_mutex_unlock(&fs->lock);
 		rc = wb_set_header(fs->wb, buf_str(&key), &a, h->header, v, etag);
