@@ -41,6 +41,8 @@
 #define HIST_MAX_ITEMS 20000
 #define POLL_MAX 64           /* GetInvalidation calls per poll round */
 #define IDLE_WAKE 3600.0
+#define DENY_RELOG 3600.0     /* s: a rejection that lasts is logged again */
+#define JSYNC_EVERY 0.5       /* s: journal fdatasyncs at most this often */
 #define CF_ASSUME_DONE 1200   /* s: an invalidation not seen complete by then is counted done */
 
 struct cdn {
@@ -65,6 +67,7 @@ struct cdn {
 	struct cdn_batch *inflight, *hist; /* (L) */
 	size_t ninflight, nhist, hist_items; /* (L) */
 	int flushers, draining, stop, started; /* (L) */
+	int holds;               /* (L) cdn_hold: planning waits for max_delay */
 	int blocked;             /* (L) CloudFront: waiting for in-progress invalidations */
 	double poll_at;          /* (L) */
 	double plan_after;       /* (L) a failed plan is not retried before this */
@@ -74,11 +77,14 @@ struct cdn {
 	unsigned int seed;       /* (L) backoff jitter */
 	struct cdn_stats st;     /* (L) counters, month, last_error */
 	char logged[384];        /* (L) the last error logged, not to repeat it */
+	double logged_at;        /* (L) when; repeated after DENY_RELOG seconds */
 	pthread_t thread;
 
 	pthread_mutex_t jlock;
 	int jfd;                 /* (J) journal, O_APPEND; -1 none */
 	int jwarned;             /* (J) a write failure was logged */
+	int jdirty;              /* (J) appended since the last fdatasync or snapshot */
+	double jsync_last;       /* the dispatcher's last fdatasync (its own) */
 	int jerr;                /* (J) result of the last snapshot */
 	int jopen;               /* (J) cdn_new is done: snapshot failures are warnings */
 	int shut;                /* (L) cdn_shutdown ran */
@@ -484,18 +490,44 @@ static void journal_warn(struct cdn *cdn, int rc)
 		 cdn->dir, strerror(-rc));
 }
 
-/* Append text to the journal (jlock taken here). */
+/* Append text to the journal (jlock held). */
 static void journal_append(struct cdn *cdn, const char *text, size_t len)
 {
 	int rc;
 
 	if (!cdn->dir)
 		return;
-	pthread_mutex_lock(&cdn->jlock);
 	rc = cdn_journal_append(cdn->jfd, text, len);
 	if (rc < 0)
 		journal_warn(cdn, rc);
+	else
+		cdn->jdirty = 1;
+}
+
+/* The dispatcher, before it sleeps: the lines appended since the last
+ * snapshot reach the disk (lock held, dropped meanwhile), at most once per
+ * JSYNC_EVERY (an rm -r queues a purge per file).  The fd stays valid:
+ * only this thread replaces it while the dispatcher runs. */
+static void journal_sync(struct cdn *cdn, double *wake)
+{
+	double now = mono();
+	int fd = -1;
+
+	if (now < cdn->jsync_last + JSYNC_EVERY) {
+		*wake = dmin(*wake, cdn->jsync_last + JSYNC_EVERY);
+		return;
+	}
+	pthread_mutex_unlock(&cdn->lock);
+	pthread_mutex_lock(&cdn->jlock);
+	if (cdn->jdirty)
+		fd = cdn->jfd;
+	cdn->jdirty = 0;
 	pthread_mutex_unlock(&cdn->jlock);
+	if (fd >= 0 && fdatasync(fd) < 0)
+		log_debug("cdn journal: fdatasync: %s", strerror(errno));
+	if (fd >= 0)
+		cdn->jsync_last = now;
+	pthread_mutex_lock(&cdn->lock);
 }
 
 int cdn_purge(struct cdn *cdn, const char *key_path, int is_dir)
@@ -513,17 +545,33 @@ int cdn_purge(struct cdn *cdn, const char *key_path, int is_dir)
 	h = hkey(key_path, is_dir);
 	if (!h)
 		return -ENOMEM;
+	/* jlock first (the lock order), held until the line is written: a
+	 * snapshot taken in between would hold the key already, and the line
+	 * appended after it would journal it twice */
+	buf_init(&line, 0);
+	pthread_mutex_lock(&cdn->jlock);
 	pthread_mutex_lock(&cdn->lock);
 	rc = enqueue_locked(cdn, h, mono());
 	cdn->last_change = mono();
 	pthread_cond_signal(&cdn->wake);
 	pthread_mutex_unlock(&cdn->lock);
-	buf_init(&line, 0);
 	if (rc > 0 && cdn->dir && cdn_journal_pline(&line, h + 1, is_dir) == 0)
 		journal_append(cdn, line.data, line.len);
+	pthread_mutex_unlock(&cdn->jlock);
 	buf_release(&line);
 	free(h);
 	return rc < 0 ? rc : 0;
+}
+
+void cdn_hold(struct cdn *cdn, int on)
+{
+	if (!cdn)
+		return;
+	pthread_mutex_lock(&cdn->lock);
+	cdn->holds += on ? 1 : -1;
+	if (!cdn->holds)
+		pthread_cond_signal(&cdn->wake);
+	pthread_mutex_unlock(&cdn->lock);
 }
 
 /* ---------------------------------------------------------------- journal */
@@ -574,6 +622,7 @@ static int journal_commit(struct cdn *cdn, int (*mutate)(struct cdn *, void *), 
 			if (cdn->jfd >= 0)
 				close(cdn->jfd);
 			cdn->jfd = fd;
+			cdn->jdirty = 0; /* the snapshot was fsynced */
 		}
 	}
 	pthread_mutex_unlock(&cdn->jlock);
@@ -885,6 +934,16 @@ static void on_busy(struct cdn *cdn, struct cdn_batch *b, const struct cdn_resul
 			 "(%zu of ours); waiting for them to complete", cdn->api.id, ip);
 }
 
+/* Paths left: pending plus the targets of in-flight batches (lock held). */
+static size_t left_locked(const struct cdn *cdn)
+{
+	size_t n = cdn->npending;
+
+	for (const struct cdn_batch *b = cdn->inflight; b; b = b->next)
+		n += b->ntargets ? b->ntargets : b->nitems;
+	return n;
+}
+
 static void on_denied(struct cdn *cdn, struct cdn_batch *b, const struct cdn_result *res,
 		      double now)
 {
@@ -893,12 +952,15 @@ static void on_denied(struct cdn *cdn, struct cdn_batch *b, const struct cdn_res
 	b->next_try = now + d;
 	cdn->deny_gen++;
 	cdn->deny_err = res->err ? res->err : -EACCES;
-	if (strcmp(cdn->logged, res->msg) != 0) {
+	if (strcmp(cdn->logged, res->msg) != 0 || now - cdn->logged_at >= DENY_RELOG) {
 		snprintf(cdn->logged, sizeof(cdn->logged), "%s", res->msg);
+		cdn->logged_at = now;
 		log_error("%s rejected the purge of %zu %s for %s '%s': %s; kept in the journal "
-			  "'%s', retrying every %.0f s", pname(cdn), b->nitems, noun(cdn, b),
-			  cdn->api.provider == CDN_CLOUDFRONT ? "distribution" : "zone",
-			  cdn->api.id, res->msg, cdn->dir ? cdn->dir : "(none)", cdn->retry_max);
+			  "'%s' with %zu more queued, retrying every %.0f s", pname(cdn), b->nitems,
+			  noun(cdn, b), cdn->api.provider == CDN_CLOUDFRONT ? "distribution" : "zone",
+			  cdn->api.id, res->msg, cdn->dir ? cdn->dir : "(none)",
+			  left_locked(cdn) - (b->ntargets ? b->ntargets : b->nitems),
+			  cdn->retry_max);
 	}
 }
 
@@ -1090,7 +1152,9 @@ static void do_after(struct cdn *cdn, const struct after *af)
 
 	if (af->act & AFTER_DONE) {
 		n = snprintf(line, sizeof(line), "D %s\n", af->ref);
+		pthread_mutex_lock(&cdn->jlock);
 		journal_append(cdn, line, (size_t)n);
+		pthread_mutex_unlock(&cdn->jlock);
 	}
 	if ((af->act & AFTER_MONTH) && cdn->dir) {
 		rc = cdn_month_write(cdn->dir, af->month, af->month_paths);
@@ -1227,7 +1291,9 @@ static enum act next_action(struct cdn *cdn, double now, double *wake)
 		return A_WAIT;
 	}
 	cdn->blocked = 0;
-	due = dmin(cdn->last_change + cdn->delay, cdn->first_pending + cdn->max_delay);
+	due = cdn->first_pending + cdn->max_delay;
+	if (!cdn->holds)
+		due = dmin(cdn->last_change + cdn->delay, due);
 	if (cdn->flushers || cdn->draining || due <= now)
 		return A_PLAN;
 	*wake = dmin(*wake, due);
@@ -1240,7 +1306,7 @@ static void *dispatcher(void *arg)
 
 	pthread_mutex_lock(&cdn->lock);
 	while (!cdn->stop) {
-		double wake;
+		double wake, w2;
 
 		switch (next_action(cdn, mono(), &wake)) {
 		case A_SEND:
@@ -1253,7 +1319,9 @@ static void *dispatcher(void *arg)
 			plan_round(cdn);
 			break;
 		default:
-			wait_until(&cdn->wake, &cdn->lock, wake);
+			journal_sync(cdn, &wake);
+			if (!cdn->stop && next_action(cdn, mono(), &w2) == A_WAIT)
+				wait_until(&cdn->wake, &cdn->lock, dmin(wake, w2));
 		}
 	}
 	pthread_mutex_unlock(&cdn->lock);
@@ -1285,16 +1353,6 @@ int cdn_start(struct cdn *cdn)
 }
 
 /* ------------------------------------------------------------ the callers */
-
-/* Paths left: pending plus the targets of in-flight batches (lock held). */
-static size_t left_locked(const struct cdn *cdn)
-{
-	size_t n = cdn->npending;
-
-	for (const struct cdn_batch *b = cdn->inflight; b; b = b->next)
-		n += b->ntargets ? b->ntargets : b->nitems;
-	return n;
-}
 
 /* Send now: no debounce, the head retried at once (lock held). */
 static void hurry(struct cdn *cdn)

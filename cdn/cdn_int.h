@@ -20,6 +20,7 @@
 #define CDN_CF_MAX_PATHS 3000 /* individual paths in progress per distribution */
 #define CDN_CF_MAX_WILD 15    /* wildcard paths in progress per distribution */
 #define CDN_CFL_MAX_PREFIXES 30
+#define CDN_CFL_MAX_SEPARATORS 31 /* "Path separators are limited to 31 for a prefix" */
 
 /* A key path to purge, owned. */
 struct cdn_tgt {

@@ -9,8 +9,9 @@
  * URLs per call on every plan (500 on Enterprise; 30 before 2024), at
  * most 30 prefixes per call; purge calls are rate limited per account
  * (Free: 5 a minute in a bucket of 25), answered 429 with code 971 and
- * maybe Retry-After.  Prefix purges were Enterprise-only until 2024, so
- * the queue uses them only for directory purges.
+ * maybe Retry-After.  Prefix purges (every plan since 2024; at most 31
+ * '/' per prefix, cut in cdn_encode_path) are used for directory purges
+ * only: a prefix purges everything that starts with it.
  *
  * The JSON reader below is small and strict: depth-capped, length-capped,
  * the whole document must parse.  The token never reaches the log or an

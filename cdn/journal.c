@@ -7,7 +7,7 @@
  * Durability: a snapshot is fsynced before it replaces the journal, and
  * the directory after; appended lines reach the page cache at once (a
  * crash of the process loses nothing) and the disk at the next snapshot or
- * cdn.c's periodic fdatasync.
+ * when cdn.c's dispatcher next goes to sleep (an fdatasync).
  */
 #include <errno.h>
 #include <fcntl.h>

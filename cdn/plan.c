@@ -47,8 +47,16 @@ static int cfl_keep(unsigned char c)
 	       (c && strchr("-._~!$&'()*+,;=:@/", c));
 }
 
-/* Append s[0..n) encoded; CloudFront stops at '*' and sets *cut. */
-static int enc_bytes(struct buf *out, enum cdn_provider p, const char *s, size_t n, int *cut)
+/* Append s[0..n) encoded; CloudFront stops at '*' and sets *cut.  It also
+ * stops at a '~' that follows another character of the key's last
+ * segment (webpack's "runtime~main.js" becomes "runtime*"; key 0: the
+ * path_prefix, never cut there): CloudFront refuses a
+ * raw '~', and its encoded form has been reported not to invalidate what
+ * viewers cached under '~' (aws/aws-sdk#525); a '~' that starts a segment
+ * ("/~user/") is sent encoded, as the guide says, rather than widen the
+ * purge to the whole directory. */
+static int enc_bytes(struct buf *out, enum cdn_provider p, const char *s, size_t n, int key,
+		     int *cut)
 {
 	static const char hex[] = "0123456789ABCDEF";
 	int rc = 0;
@@ -56,7 +64,9 @@ static int enc_bytes(struct buf *out, enum cdn_provider p, const char *s, size_t
 	for (size_t i = 0; i < n && rc == 0; i++) {
 		unsigned char c = (unsigned char)s[i];
 
-		if (p == CDN_CLOUDFRONT && c == '*') {
+		if (p == CDN_CLOUDFRONT &&
+		    (c == '*' || (key && c == '~' && i > 0 && s[i - 1] != '/' &&
+				  !memchr(s + i, '/', n - i)))) {
 			*cut = 1;
 			break;
 		}
@@ -89,6 +99,22 @@ static void cf_cut_long(struct buf *out, size_t start, int *wild)
 	*wild = 1;
 }
 
+/* Cut a Cloudflare prefix with more than CDN_CFL_MAX_SEPARATORS '/' (its
+ * documented limit) after the last one it may have: a broader prefix
+ * purges a little more and loses nothing. */
+static void cfl_cut_deep(struct buf *out, size_t start)
+{
+	size_t seps = 0;
+
+	for (size_t i = start; i < out->len; i++) {
+		if (out->data[i] == '/' && ++seps == CDN_CFL_MAX_SEPARATORS) {
+			out->len = i + 1;
+			out->data[out->len] = '\0';
+			return;
+		}
+	}
+}
+
 int cdn_encode_path(struct buf *out, enum cdn_provider p, const char *prefix, const char *key,
 		    int is_dir, int *wild)
 {
@@ -110,12 +136,12 @@ int cdn_encode_path(struct buf *out, enum cdn_provider p, const char *prefix, co
 		return -EINVAL;
 	rc = buf_addch(out, '/');
 	if (rc == 0 && pl) {
-		rc = enc_bytes(out, p, prefix, pl, &cut);
+		rc = enc_bytes(out, p, prefix, pl, 0, &cut);
 		if (rc == 0 && !cut)
 			rc = buf_addch(out, '/');
 	}
 	if (rc == 0 && kl && !cut) {
-		rc = enc_bytes(out, p, key, kl, &cut);
+		rc = enc_bytes(out, p, key, kl, 1, &cut);
 		if (rc == 0 && is_dir && !cut)
 			rc = buf_addch(out, '/');
 	}
@@ -124,6 +150,8 @@ int cdn_encode_path(struct buf *out, enum cdn_provider p, const char *prefix, co
 	*wild = is_dir || cut;
 	if (p == CDN_CLOUDFRONT)
 		cf_cut_long(out, start, wild);
+	else if (*wild)
+		cfl_cut_deep(out, start);
 	return 0;
 }
 

@@ -104,6 +104,7 @@ struct node {
 	int listed_big;          /* dirs: too big for a recursive listing */
 	struct wb_job *job;      /* pending write-back for this key, or NULL */
 	uint64_t kc_hash;        /* hash of the ETag the kernel's page cache holds, 0 none */
+	uint64_t cgen;           /* bumped by every change of the data through this mount */
 };
 
 struct fs {
@@ -123,6 +124,7 @@ struct fs {
 	struct wb *wb;
 	double started;
 	int aidx_dirty;          /* this mount changed objects: write the index (fs->lock) */
+	uint64_t cgen;           /* bumped with every node's cgen (fs->lock; read atomically) */
 	/* Listings in flight, and keys (or "dir/" prefixes) deleted while one
 	 * was: a listing that began before a delete must not bring the key
 	 * back (meta.c).  Cleared when no listing is in flight. */

@@ -243,6 +243,17 @@ static int setup_cache_dir(struct fs *fs)
 		die("cannot use cache_dir '%s': %s", dir, strerror(-rc));
 		return -1;
 	}
+	if (dir[0] != '/') { /* the daemon runs in '/' */
+		char *abs = realpath(dir, NULL);
+
+		if (!abs) {
+			die("cannot use cache_dir '%s': %s", dir, strerror(errno));
+			return -1;
+		}
+		fs->conf.cache_dir = abs; /* dir was it */
+		free(dir);
+		dir = abs;
+	}
 	if (asprintf(&sub, "%s/%s", dir, fs->conf.bucket) < 0)
 		return -1;
 	rc = mkdir_0700(sub);
@@ -424,7 +435,7 @@ static int run(struct fs *fs, struct cmdline *cl)
 	log_info("mounted bucket '%s' on '%s'", fs->conf.bucket, cl->mountpoint);
 	lc = fuse_loop_cfg_create();
 	fuse_loop_cfg_set_max_threads(lc, 64);
-	rc = fuse_loop_mt(fuse, lc) != 0;
+	rc = fuse_loop_mt(fuse, lc) < 0; /* > 0: the signal that ended it (clean) */
 	fuse_loop_cfg_destroy(lc);
 	fuse_remove_signal_handlers(fuse_get_session(fuse));
 out:
@@ -527,6 +538,14 @@ int main(int argc, char *argv[])
 	if (!fs->conf.bucket || !cl.mountpoint) {
 		usage(stderr);
 		goto out;
+	}
+	if (cl.mountpoint[0] != '/') { /* the daemon runs in '/': unmount needs it whole */
+		char *abs = realpath(cl.mountpoint, NULL);
+
+		if (abs) {
+			free(cl.mountpoint);
+			cl.mountpoint = abs;
+		}
 	}
 	fs->conf.mountpoint = strdup(cl.mountpoint);
 	if (check_mountpoint(cl.mountpoint) || (lockfd = setup_cache_dir(fs)) < 0 ||

@@ -683,6 +683,8 @@ int meta_resolve(struct fs *fs, const char *path, struct node **out)
 	double t0 = fs_now();
 	int again, rc;
 
+	if (!path) /* libfuse's name for a removed node */
+		return -ESTALE;
 	for (int i = 0; i < 64; i++) {
 		rc = resolve_once(fs, path, t0, out, &again);
 		if (rc < 0 || !again)

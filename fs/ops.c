@@ -29,13 +29,22 @@
 #define S3_KEY_MAX 1024
 
 struct ofile {
-	int fd;               /* staged data, or -1 */
+	int fd;               /* staged data (or an orphan copy), or -1 */
 	struct wb_job *job;   /* referenced while open */
 	struct dc_file *dc;   /* cached remote object, or NULL */
 	int writable;
 	int dirty;
-	char *lazy;           /* opened for write, nothing written yet: the path */
+	int lazy;             /* opened for write, nothing written yet */
+	int orphan;           /* fd is a private copy: the name went before the first write */
 	int keep_cache;       /* same version as the last open: keep page cache */
+	char etag[S3_ETAG_MAX]; /* the version dc holds; lazy: the one opened */
+	char *key;            /* lazy: the object's key, for an orphan copy */
+	uint64_t size;        /* lazy: its size */
+	int compressed;       /* lazy: stored with Content-Encoding */
+	struct stat st;       /* at open: for a handle whose name is gone */
+	uint64_t cgen;        /* read-only: the node's cgen the data read reflects */
+	uint64_t seen;        /* read-only: fs->cgen when that was last checked */
+	pthread_rwlock_t rw;  /* read-only: fd, dc, job, etag, cgen (follow_latest) */
 };
 
 #define LOCK(fs) pthread_mutex_lock(&(fs)->lock)
@@ -58,13 +67,46 @@ static int resolve_idle(struct fs *fs, const char *path, struct node **out)
 	}
 }
 
-/* A name a new file, directory or rename target may take: within S3's key
- * length, and not the attribute index's reserved name. */
-static int check_key_len(struct fs *fs, const char *path)
+/* Is s well-formed UTF-8 (no overlong forms, surrogates or code points
+ * past U+10FFFF)?  S3 keys are UTF-8: anything else could never go up. */
+static int utf8_ok(const unsigned char *s)
 {
+	while (*s) {
+		unsigned c = *s++, n, min, cp;
+
+		if (c < 0x80)
+			continue;
+		if (c >= 0xc2 && c <= 0xdf)
+			n = 1, min = 0x80, cp = c & 0x1f;
+		else if (c >= 0xe0 && c <= 0xef)
+			n = 2, min = 0x800, cp = c & 0x0f;
+		else if (c >= 0xf0 && c <= 0xf4)
+			n = 3, min = 0x10000, cp = c & 0x07;
+		else
+			return 0;
+		for (; n; n--, s++) {
+			if ((*s & 0xc0) != 0x80)
+				return 0;
+			cp = cp << 6 | (*s & 0x3f);
+		}
+		if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+			return 0;
+	}
+	return 1;
+}
+
+/* May a new file, directory (is_dir: its marker key) or rename target take
+ * path?  -EPERM for the attribute index's reserved name, -EILSEQ for a name
+ * that is not UTF-8, -ENAMETOOLONG for a key past S3's 1,024 bytes. */
+static int check_key_len(struct fs *fs, const char *path, int is_dir)
+{
+	size_t len = strlen(fs->conf.prefix) + strlen(path) - 1 + (is_dir ? 1 : 0);
+
 	if (aidx_reserved(fs, path))
 		return -EPERM;
-	return strlen(fs->conf.prefix) + strlen(path) + 1 > S3_KEY_MAX ? -ENAMETOOLONG : 0;
+	if (!utf8_ok((const unsigned char *)path))
+		return -EILSEQ;
+	return len > S3_KEY_MAX ? -ENAMETOOLONG : 0;
 }
 
 static int node_key(struct fs *fs, const struct node *n, struct buf *key)
@@ -75,13 +117,37 @@ static int node_key(struct fs *fs, const struct node *n, struct buf *key)
 
 /* --- attributes and directories ----------------------------------------------- */
 
+/* GETATTR through the handle of a file whose name is gone (libfuse passes
+ * no path once it was unlinked or another file renamed over it; the kernel
+ * sends the handle on a read near the end of the file): the attributes it
+ * was opened with, its current size, no links.  Without a handle (fstat)
+ * libfuse answers ESTALE before calling us. */
+static int handle_stat(struct fuse_file_info *fi, struct stat *st)
+{
+	struct ofile *of = fi ? (struct ofile *)(uintptr_t)fi->fh : NULL;
+	struct stat sb;
+
+	if (!of)
+		return -ESTALE;
+	pthread_rwlock_rdlock(&of->rw); /* fd: follow_latest may switch it */
+	*st = of->st;
+	if (of->fd >= 0 && fstat(of->fd, &sb) == 0) {
+		st->st_size = sb.st_size;
+		st->st_blocks = (blkcnt_t)((sb.st_size + 511) / 512);
+	}
+	pthread_rwlock_unlock(&of->rw);
+	st->st_nlink = 0;
+	return 0;
+}
+
 static int op_getattr(const char *path, struct stat *st, struct fuse_file_info *fi)
 {
 	struct fs *fs = ctx_fs();
 	struct node *n;
 	int rc;
 
-	(void)fi;
+	if (!path)
+		return handle_stat(fi, st);
 	LOCK(fs);
 	rc = meta_resolve(fs, path, &n);
 	if (rc == 0)
@@ -175,7 +241,7 @@ static int op_mkdir(const char *path, mode_t mode)
 		return -EROFS;
 	buf_init(&key, 8192);
 	LOCK(fs);
-	rc = check_key_len(fs, path) ?: meta_resolve_parent(fs, path, &dir, &name);
+	rc = check_key_len(fs, path, 1) ?: meta_resolve_parent(fs, path, &dir, &name);
 	if (rc == 0 && tree_child(dir, name))
 		rc = -EEXIST;
 	if (rc < 0)
@@ -336,15 +402,30 @@ static int node_chmod(struct fs *fs, struct node *n, mode_t mode)
 	return attrs_changed(fs, n) ?: 1;
 }
 
+/* The handle of a change whose name is gone (see handle_stat): its
+ * attributes change for fstat, nothing goes to S3.  NULL: no handle. */
+static struct stat *gone_attrs(struct fuse_file_info *fi)
+{
+	struct ofile *of = fi ? (struct ofile *)(uintptr_t)fi->fh : NULL;
+
+	return of ? &of->st : NULL;
+}
+
 static int op_chmod(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
 	struct fs *fs = ctx_fs();
 	struct node *n;
 	int rc;
 
-	(void)fi;
 	if (fs->conf.ro)
 		return -EROFS;
+	if (!path) {
+		struct stat *st = gone_attrs(fi);
+
+		if (st)
+			st->st_mode = (st->st_mode & S_IFMT) | (mode & 07777);
+		return 0;
+	}
 	LOCK(fs);
 	rc = meta_resolve(fs, path, &n);
 	if (rc == 0)
@@ -403,9 +484,17 @@ static int op_chown(const char *path, uid_t uid, gid_t gid, struct fuse_file_inf
 	struct node *n;
 	int rc;
 
-	(void)fi;
 	if (fs->conf.ro)
 		return -EROFS;
+	if (!path) {
+		struct stat *st = gone_attrs(fi);
+
+		if (st && uid != (uid_t)-1)
+			st->st_uid = uid;
+		if (st && gid != (gid_t)-1)
+			st->st_gid = gid;
+		return 0;
+	}
 	LOCK(fs);
 	rc = meta_resolve(fs, path, &n);
 	if (rc == 0) {
@@ -429,7 +518,6 @@ static int op_utimens(const char *path, const struct timespec tv[2], struct fuse
 	struct node *n;
 	int rc;
 
-	(void)fi;
 	if (fs->conf.ro)
 		return -EROFS;
 	if (tv && tv[1].tv_nsec == UTIME_OMIT)
@@ -438,6 +526,13 @@ static int op_utimens(const char *path, const struct timespec tv[2], struct fuse
 		clock_gettime(CLOCK_REALTIME, &t);
 	else
 		t = tv[1];
+	if (!path) {
+		struct stat *st = gone_attrs(fi);
+
+		if (st)
+			st->st_mtim = t;
+		return 0;
+	}
 	LOCK(fs);
 	rc = meta_resolve(fs, path, &n);
 	if (rc == 0 && (n->a.mtime.tv_sec != t.tv_sec || n->a.mtime.tv_nsec != t.tv_nsec)) {
@@ -454,25 +549,38 @@ static struct ofile *ofile_new(void)
 {
 	struct ofile *of = calloc(1, sizeof(*of));
 
+	if (of && pthread_rwlock_init(&of->rw, NULL) != 0) {
+		free(of);
+		return NULL;
+	}
 	if (of)
 		of->fd = -1;
 	return of;
 }
 
-/* Copy the cached remote object into the job's data file. Unlocked. */
-static int fill_from_remote(struct fs *fs, const char *key, const char *etag, uint64_t size,
-			    int compressed, const char *data)
+/* The data of n changed through this mount (a write, a truncate): readers
+ * that opened an older version look again (follow_latest).  Locked. */
+static void content_changed(struct fs *fs, struct node *n)
+{
+	__atomic_store_n(&fs->cgen, fs->cgen + 1, __ATOMIC_RELEASE);
+	if (n) /* unique: a node made anew never matches an old handle's */
+		n->cgen = fs->cgen;
+}
+
+/* Copy the cached remote object into the file out (at its offset 0, which
+ * is its position). Unlocked. */
+static int fill_fd_from_remote(struct fs *fs, const char *key, const char *etag, uint64_t size,
+			       int compressed, int out)
 {
 	struct dc_file *dc = NULL;
-	int in = -1, out = -1, rc;
+	int in = -1, rc;
 
 	rc = dcache_get(fs->dc, key, etag, size, compressed, &dc);
 	rc = rc ?: dcache_fill(dc);
 	if (rc < 0)
 		goto out;
 	in = open(dcache_path(dc), O_RDONLY | O_CLOEXEC);
-	out = open(data, O_WRONLY | O_TRUNC | O_CLOEXEC);
-	if (in < 0 || out < 0) {
+	if (in < 0) {
 		rc = -errno;
 		goto out;
 	}
@@ -488,10 +596,21 @@ static int fill_from_remote(struct fs *fs, const char *key, const char *etag, ui
 out:
 	if (in >= 0)
 		close(in);
-	if (out >= 0)
-		close(out);
 	if (dc)
 		dcache_put(dc);
+	return rc;
+}
+
+/* The same into the job's data file. Unlocked. */
+static int fill_from_remote(struct fs *fs, const char *key, const char *etag, uint64_t size,
+			    int compressed, const char *data)
+{
+	int out = open(data, O_WRONLY | O_TRUNC | O_CLOEXEC), rc;
+
+	if (out < 0)
+		return -errno;
+	rc = fill_fd_from_remote(fs, key, etag, size, compressed, out);
+	close(out);
 	return rc;
 }
 
@@ -506,6 +625,11 @@ static int stage_for_write(struct fs *fs, const char *path, struct node *n, int 
 	int compressed = n->compressed, rc, need_copy;
 	struct wb_job *j = n->job;
 
+	if (j && j->kind == WB_PUT && j->data && j->filling) {
+		/* another handle copies the object in: wait, then start again */
+		pthread_cond_wait(&fs->cond, &fs->lock);
+		return -EAGAIN;
+	}
 	if (j && j->kind == WB_PUT && j->data) {
 		*out = j;
 		return 0;
@@ -515,10 +639,13 @@ static int stage_for_write(struct fs *fs, const char *path, struct node *n, int 
 	rc = node_key(fs, n, &key) ?: wb_put(fs->wb, n, buf_str(&key), 1, &j);
 	if (rc == 0 && need_copy) {
 		j->writers++; /* not due while we copy */
+		j->filling = 1; /* nor read in place of the object (follow_latest) */
 		wb_ref(j);
 		UNLOCK(fs);
 		rc = fill_from_remote(fs, buf_str(&key), etag, size, compressed, j->data);
 		LOCK(fs);
+		j->filling = 0;
+		pthread_cond_broadcast(&fs->cond);
 		wb_drop_writer(fs->wb, j);
 		if (rc < 0 && !j->cancelled) {
 			log_error("cannot fetch '%s' for writing: %s", buf_str(&key), strerror(-rc));
@@ -573,6 +700,7 @@ static int open_write_node(struct fs *fs, const char *path, struct node *n, int 
 		j->gen++;
 		j->werr = 0; /* whatever failed before is gone */
 		wb_truncated(fs->wb, j, 0);
+		content_changed(fs, j->node);
 	}
 	of->job = j;
 	of->writable = 1;
@@ -584,9 +712,13 @@ static int open_write_node(struct fs *fs, const char *path, struct node *n, int 
 static int open_write_now(struct fs *fs, const char *path, int flags, struct ofile *of)
 {
 	struct node *n;
-	int rc = resolve_idle(fs, path, &n);
+	int rc;
 
-	return rc < 0 ? rc : open_write_node(fs, path, n, flags, of);
+	do {
+		rc = resolve_idle(fs, path, &n);
+		rc = rc ?: open_write_node(fs, path, n, flags, of);
+	} while (rc == -EAGAIN);
+	return rc;
 }
 
 /* Open for writing.  An uploaded file opened without O_TRUNC is staged only
@@ -603,27 +735,118 @@ static int open_write(struct fs *fs, const char *path, int flags, struct ofile *
 		return -EISDIR;
 	if (!(flags & O_TRUNC) && !(n->job && n->job->kind == WB_PUT && n->job->data) &&
 	    n->remote && n->a.size > 0) {
-		of->lazy = strdup(path);
+		struct buf key;
+
+		rc = node_key(fs, n, &key);
+		if (rc == 0 && !(of->key = strdup(buf_str(&key))))
+			rc = -ENOMEM;
+		buf_release(&key);
+		if (rc < 0)
+			return rc;
+		snprintf(of->etag, sizeof(of->etag), "%s", n->etag);
+		of->size = n->a.size;
+		of->compressed = n->compressed;
+		of->cgen = n->cgen;
+		of->seen = fs->cgen;
+		meta_stat(fs, n, &of->st);
+		of->lazy = 1;
 		of->writable = 1;
-		return of->lazy ? 0 : -ENOMEM;
+		return 0;
 	}
 	return open_write_now(fs, path, flags, of);
 }
 
-/* The first write to a lazily opened file stages it. Unlocked. */
-static int materialize(struct fs *fs, struct ofile *of)
+/* Close, put and unref what a handle read from before it switched.
+ * Unlocked. */
+static void let_go(struct fs *fs, int fd, struct dc_file *dc, struct wb_job *j)
 {
-	int rc;
-
-	if (!of->lazy)
-		return 0;
-	LOCK(fs);
-	rc = of->lazy ? open_write_now(fs, of->lazy, 0, of) : 0;
-	if (rc == 0) {
-		free(of->lazy);
-		of->lazy = NULL;
+	if (fd >= 0)
+		close(fd);
+	if (dc)
+		dcache_put(dc);
+	if (j) {
+		LOCK(fs);
+		wb_unref(fs->wb, j);
+		UNLOCK(fs);
 	}
-	UNLOCK(fs);
+}
+
+/* A private copy for a lazy handle whose name is gone (unlinked, or another
+ * file renamed over it), into *fd: what it reads (the staged copy src when
+ * src >= 0, else the version of->key/etag; empty when trunc), never
+ * uploaded, as an unlinked file's data on a local disk.  Fails when that
+ * version is neither in the read cache nor in S3 any more.  Unlocked. */
+static int orphan_copy(struct fs *fs, struct ofile *of, int trunc, int src, int *fd)
+{
+	int rc = 0;
+
+	*fd = open(fs->conf.cache_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (*fd < 0)
+		return -errno;
+	if (!trunc && src >= 0) { /* it read another handle's staged copy */
+		loff_t in = 0;
+		ssize_t n;
+
+		while ((n = copy_file_range(src, &in, *fd, NULL, 1 << 30, 0)) > 0)
+			;
+		rc = n < 0 ? -errno : 0;
+	} else if (!trunc) {
+		rc = fill_fd_from_remote(fs, of->key, of->etag, of->size, of->compressed, *fd);
+	}
+	if (rc < 0) {
+		log_error("cannot copy '%s' for a handle whose name is gone: %s", of->key,
+			  strerror(-rc));
+		close(*fd);
+		*fd = -1;
+	}
+	return rc;
+}
+
+/* The first write (or truncate: trunc, to 0) through a lazy handle stages
+ * the file under path, the name it has now (libfuse follows renames), or
+ * makes it a private copy when path is NULL (the name is gone).  What its
+ * reads used until then (a read-cache handle, another writer's staged
+ * copy) is let go.  The handle's write lock keeps its other requests out
+ * meanwhile.  Unlocked. */
+static int materialize(struct fs *fs, struct ofile *of, const char *path, int trunc)
+{
+	struct dc_file *old_dc = NULL;
+	struct wb_job *old_job = NULL;
+	int old_fd = -1, fd, rc = 0;
+
+	pthread_rwlock_wrlock(&of->rw);
+	if (!of->lazy)
+		goto out;
+	old_fd = of->fd;
+	old_job = of->job;
+	old_dc = of->dc;
+	of->fd = -1;
+	of->job = NULL;
+	of->dc = NULL;
+	if (!path) {
+		rc = orphan_copy(fs, of, trunc, old_fd, &fd);
+		if (rc == 0) {
+			of->fd = fd;
+			of->orphan = 1;
+		}
+	} else {
+		LOCK(fs);
+		rc = open_write_now(fs, path, trunc ? O_TRUNC : 0, of);
+		UNLOCK(fs);
+	}
+	if (rc < 0) { /* as it was */
+		of->fd = old_fd;
+		of->job = old_job;
+		of->dc = old_dc;
+		old_fd = -1;
+		old_job = NULL;
+		old_dc = NULL;
+	} else {
+		of->lazy = 0;
+	}
+out:
+	pthread_rwlock_unlock(&of->rw);
+	let_go(fs, old_fd, old_dc, old_job);
 	return rc;
 }
 
@@ -640,7 +863,12 @@ static int open_read(struct fs *fs, const char *path, struct ofile *of)
 		rc = -EISDIR;
 	if (rc < 0)
 		return rc;
-	if (n->job && n->job->kind == WB_PUT && n->job->data) {
+	of->cgen = n->cgen;
+	of->seen = fs->cgen;
+	meta_stat(fs, n, &of->st); /* now: the lock may be dropped below */
+	/* staged data, unless it is still being copied from S3 for a writer
+	 * (then the object is what the file holds) */
+	if (n->job && n->job->kind == WB_PUT && n->job->data && !n->job->filling) {
 		of->fd = open(n->job->data, O_RDONLY | O_CLOEXEC);
 		if (of->fd < 0)
 			return -errno;
@@ -649,6 +877,7 @@ static int open_read(struct fs *fs, const char *path, struct ofile *of)
 		return 0;
 	}
 	snprintf(etag, sizeof(etag), "%s", n->etag);
+	snprintf(of->etag, sizeof(of->etag), "%s", n->etag);
 	size = n->a.size;
 	compressed = n->compressed;
 	/* the kernel may keep its page cache when the object did not change */
@@ -668,7 +897,7 @@ static int open_read(struct fs *fs, const char *path, struct ofile *of)
 
 static void ofile_free(struct fs *fs, struct ofile *of)
 {
-	free(of->lazy);
+	free(of->key);
 	if (of->fd >= 0)
 		close(of->fd);
 	if (of->dc)
@@ -678,7 +907,20 @@ static void ofile_free(struct fs *fs, struct ofile *of)
 		wb_unref(fs->wb, of->job);
 		UNLOCK(fs);
 	}
+	pthread_rwlock_destroy(&of->rw);
 	free(of);
+}
+
+/* The attributes a handle keeps for when its name is gone, unless its open
+ * took them already. Locked. */
+static void snap_attrs(struct fs *fs, const char *path, struct ofile *of)
+{
+	struct node *n = of->st.st_mode ? NULL : tree_find(fs, path);
+
+	if (n)
+		meta_stat(fs, n, &of->st);
+	if (!of->st.st_mode) /* gone meanwhile: a type the kernel expects */
+		of->st.st_mode = S_IFREG | 0644;
 }
 
 static int op_open(const char *path, struct fuse_file_info *fi)
@@ -700,6 +942,8 @@ static int op_open(const char *path, struct fuse_file_info *fi)
 		rc = open_read(fs, path, of);
 	if (rc < 0 && of->job && of->writable)
 		wb_drop_writer(fs->wb, of->job);
+	if (rc == 0)
+		snap_attrs(fs, path, of);
 	UNLOCK(fs);
 	if (rc < 0) {
 		ofile_free(fs, of);
@@ -725,7 +969,7 @@ static int op_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 	if (!of)
 		return -ENOMEM;
 	LOCK(fs);
-	rc = check_key_len(fs, path) ?: meta_resolve_parent(fs, path, &dir, &name);
+	rc = check_key_len(fs, path, 0) ?: meta_resolve_parent(fs, path, &dir, &name);
 	n = rc == 0 ? tree_child(dir, name) : NULL;
 	if (n) { /* exists: O_EXCL says no, else it is an open with O_TRUNC semantics */
 		rc = (fi->flags & O_EXCL) ? -EEXIST : n->kids ? -EISDIR : 0;
@@ -753,6 +997,8 @@ static int op_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 out:
 	if (rc < 0 && of->job && of->writable)
 		wb_drop_writer(fs->wb, of->job);
+	if (rc == 0)
+		snap_attrs(fs, path, of);
 	UNLOCK(fs);
 	if (rc < 0) {
 		ofile_free(fs, of);
@@ -762,20 +1008,128 @@ out:
 	return 0;
 }
 
+/* A read-only handle reads what the file holds now, as on a local disk:
+ * when another handle of this mount changed the data since (fs->cgen moved,
+ * and the node's cgen is not the one the handle reflects), it switches to
+ * the staged copy, or to the version in S3 once that copy went up.  A
+ * handle whose name is gone (path NULL) keeps what it has.  Unlocked; the
+ * handle's write lock keeps its reads out while it switches. */
+static void follow_latest(struct fs *fs, struct ofile *of, const char *path)
+{
+	struct wb_job *j = NULL, *old_job = NULL;
+	struct dc_file *dc = NULL, *old_dc = NULL;
+	struct node *n;
+	struct buf key;
+	char etag[S3_ETAG_MAX] = "", *new_key = NULL;
+	uint64_t size = 0, cgen = 0, gen;
+	int compressed = 0, fd = -1, old_fd = -1, rc = 0;
+
+	/* of->seen moves only once the handle is where it should be: a switch
+	 * that could not be made now is tried again at the next read */
+	pthread_rwlock_wrlock(&of->rw);
+	LOCK(fs);
+	gen = fs->cgen;
+	n = path ? tree_find(fs, path) : NULL;
+	if (!n || n->kids || n->cgen == of->cgen) {
+		of->seen = gen;
+		UNLOCK(fs);
+		goto out;
+	}
+	if (n->job && n->job->kind == WB_PUT && n->job->data) {
+		if (!n->job->filling && n->job == of->job) { /* reads that file already */
+			of->cgen = n->cgen;
+			of->seen = gen;
+		}
+		if (n->job->filling || n->job == of->job) {
+			UNLOCK(fs);
+			goto out;
+		}
+		j = n->job;
+		fd = open(j->data, O_RDONLY | O_CLOEXEC);
+		if (fd >= 0)
+			wb_ref(j);
+		cgen = n->cgen;
+		UNLOCK(fs);
+		if (fd < 0)
+			goto out;
+	} else if (!n->remote) { /* no data of its own yet: nothing else to read */
+		of->cgen = n->cgen;
+		of->seen = gen;
+		UNLOCK(fs);
+		goto out;
+	} else {
+		snprintf(etag, sizeof(etag), "%s", n->etag);
+		size = n->a.size;
+		compressed = n->compressed;
+		cgen = n->cgen;
+		rc = node_key(fs, n, &key);
+		UNLOCK(fs);
+		if (rc == 0 && !(new_key = strdup(buf_str(&key))))
+			rc = -ENOMEM;
+		if (rc == 0)
+			rc = dcache_get(fs->dc, buf_str(&key), etag, size, compressed, &dc);
+		buf_release(&key);
+		if (rc < 0)
+			goto out;
+		free(of->key); /* a lazy handle's orphan copy wants this version */
+		of->key = new_key;
+		new_key = NULL;
+		of->size = size;
+		of->compressed = compressed;
+	}
+	old_fd = of->fd;
+	old_dc = of->dc;
+	old_job = of->job;
+	of->fd = fd;
+	of->dc = dc;
+	of->job = j;
+	of->cgen = cgen;
+	of->seen = gen;
+	snprintf(of->etag, sizeof(of->etag), "%s", etag);
+out:
+	pthread_rwlock_unlock(&of->rw);
+	free(new_key);
+	let_go(fs, old_fd, old_dc, old_job);
+}
+
+/* The first read through a lazy handle: a read-cache handle on the version
+ * it opened.  Unlocked. */
+static void lazy_reader(struct fs *fs, struct ofile *of)
+{
+	int rc = 0;
+
+	pthread_rwlock_wrlock(&of->rw);
+	if (of->lazy && !of->dc && of->fd < 0)
+		rc = dcache_get(fs->dc, of->key, of->etag, of->size, of->compressed, &of->dc);
+	pthread_rwlock_unlock(&of->rw);
+	if (rc < 0)
+		log_error("cannot read '%s': %s", of->key, strerror(-rc));
+}
+
 static int op_read(const char *path, char *buf, size_t size, off_t off,
 		   struct fuse_file_info *fi)
 {
+	struct fs *fs = ctx_fs();
 	struct ofile *of = (struct ofile *)(uintptr_t)fi->fh;
 	ssize_t n;
 
-	(void)path;
-	if (of->lazy && materialize(ctx_fs(), of) < 0)
-		return -EIO;
+	/* a lazy handle reads like a read-only one: no copy, no upload */
+	if (of->lazy && !of->dc && of->fd < 0)
+		lazy_reader(fs, of);
+	if ((!of->writable || of->lazy) &&
+	    __atomic_load_n(&fs->cgen, __ATOMIC_ACQUIRE) != of->seen)
+		follow_latest(fs, of, path);
+	pthread_rwlock_rdlock(&of->rw);
 	if (of->fd >= 0) {
 		n = pread(of->fd, buf, size, off);
-		return n < 0 ? -errno : (int)n;
+		if (n < 0)
+			n = -errno;
+	} else if (of->dc) {
+		n = dcache_read(of->dc, buf, size, (uint64_t)off);
+	} else {
+		n = -EIO; /* lazy_reader failed (logged) */
 	}
-	n = dcache_read(of->dc, buf, size, (uint64_t)off);
+	pthread_rwlock_unlock(&of->rw);
 	return (int)n;
 }
 
@@ -786,16 +1140,17 @@ static int op_write(const char *path, const char *buf, size_t size, off_t off,
 	struct ofile *of = (struct ofile *)(uintptr_t)fi->fh;
 	ssize_t n;
 
-	(void)path;
 	if (!of->writable)
 		return -EBADF;
 	if (of->lazy) {
-		int rc = materialize(fs, of);
+		int rc = materialize(fs, of, path, 0);
 
 		if (rc < 0)
 			return rc;
 	}
 	n = pwrite(of->fd, buf, size, off);
+	if (of->orphan)
+		return n < 0 ? -errno : (int)n;
 	if (n < 0) {
 		int err = -errno;
 
@@ -807,6 +1162,7 @@ static int op_write(const char *path, const char *buf, size_t size, off_t off,
 	LOCK(fs);
 	of->dirty = 1;
 	of->job->gen++;
+	content_changed(fs, of->job->node);
 	if (of->job->node) {
 		struct node *nd = of->job->node;
 
@@ -829,21 +1185,14 @@ static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 
 	if (fs->conf.ro)
 		return -EROFS;
-	if (of && of->lazy)
-		rc = size == 0 ? 0 : materialize(fs, of);
+	if (of && of->lazy) /* to 0 before any write: nothing to download */
+		rc = materialize(fs, of, path, size == 0);
 	if (rc < 0)
 		return rc;
-	if (of && of->lazy) { /* truncated to 0 before any write: no download */
-		LOCK(fs);
-		rc = open_write_now(fs, of->lazy, O_TRUNC, of);
-		if (rc == 0) {
-			free(of->lazy);
-			of->lazy = NULL;
-		}
-		UNLOCK(fs);
-		if (rc < 0)
-			return rc;
-	}
+	if (of && of->orphan)
+		return ftruncate(of->fd, size) < 0 ? -errno : 0;
+	if (!path && (!of || !of->writable))
+		return -ESTALE;
 	if (!of || !of->writable) {
 		LOCK(fs);
 		rc = open_write_now(fs, path, size == 0 ? O_TRUNC : 0, &tmp);
@@ -861,6 +1210,7 @@ static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 			of->job->node->a.size = (uint64_t)size;
 			clock_gettime(CLOCK_REALTIME, &of->job->node->a.mtime);
 		}
+		content_changed(fs, of->job->node);
 		of->dirty = 1;
 		if (of == &tmp)
 			of->job->writers--;
@@ -882,7 +1232,7 @@ static int op_release(const char *path, struct fuse_file_info *fi)
 	struct ofile *of = (struct ofile *)(uintptr_t)fi->fh;
 
 	(void)path;
-	if (of->writable && !of->lazy) {
+	if (of->writable && !of->lazy && of->job) {
 		struct stat sb;
 		int have;
 
@@ -915,9 +1265,9 @@ static int op_fsync(const char *path, int datasync, struct fuse_file_info *fi)
 		if (of->writable && of->job->gen != of->job->gen_done)
 			wb_touch(fs->wb, of->job); /* journal it now: it must survive */
 		if (of->job->writers > 1)
-			log_debug("fsync of '%s' with other writers open", path);
+			log_debug("fsync of '%s' with other writers open", path ? path : "(gone)");
 		rc = wb_sync(fs->wb, of->job); /* runs even with writers open */
-	} else if (meta_resolve(fs, path, &n) == 0 && n->job) {
+	} else if (path && meta_resolve(fs, path, &n) == 0 && n->job) {
 		rc = wb_sync(fs->wb, n->job);
 	}
 	UNLOCK(fs);
@@ -997,11 +1347,13 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 	wb_key_begin(fs->wb, buf_str(&fk), "rename's delete");
 	if (dj)
 		wb_ref(dj);
+	ops_rename_purge(fs, from, to, 0, 1);
 	UNLOCK(fs);
 	rc = wb_server_copy(fs->wb, buf_str(&fk), buf_str(&tk), &a, etag, &rsize, &compressed);
 	if (rc == 0)
 		rc = s3_delete(fs->s3, buf_str(&fk));
 	LOCK(fs);
+	ops_rename_purge(fs, from, to, 0, 0); /* the copy may have replaced to */
 	wb_key_end(fs->wb, buf_str(&tk));
 	wb_key_end(fs->wb, buf_str(&fk));
 	if (dj) {
@@ -1017,9 +1369,6 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 	attrcache_del(fs->ac, buf_str(&fk));
 	meta_deleted(fs, buf_str(&fk));
 	dcache_forget(fs->dc, buf_str(&fk));
-	/* both names: the old one is gone, the new one may have been cached */
-	if (cdn_purge(fs->cdn, from + 1, 0) < 0 || cdn_purge(fs->cdn, to + 1, 0) < 0)
-		log_error("cannot queue the CDN purge of '%s'", from);
 	if (meta_resolve(fs, from, &n) < 0 || meta_resolve_parent(fs, to, &dir, &name) < 0)
 		goto out; /* changed meanwhile: the next listing tells */
 	if (tree_child(dir, name) && tree_child(dir, name)->job)
@@ -1117,7 +1466,8 @@ static int op_rename(const char *from, const char *to, unsigned int flags)
 		return -EINVAL;
 	LOCK(fs);
 	for (int tries = 0; tries < 16; tries++) {
-		rc = check_key_len(fs, to) ?: meta_resolve(fs, from, &n);
+		rc = meta_resolve(fs, from, &n);
+		rc = rc ?: check_key_len(fs, to, n->kids != NULL);
 		if (rc == 0)
 			rc = meta_resolve_parent(fs, to, &dir, &name);
 		if (rc == 0 && (flags & RENAME_NOREPLACE) && tree_child(dir, name))
@@ -1150,7 +1500,7 @@ static int op_symlink(const char *target, const char *path)
 	if (fs->conf.ro)
 		return -EROFS;
 	LOCK(fs);
-	rc = check_key_len(fs, path) ?: meta_resolve_parent(fs, path, &dir, &name);
+	rc = check_key_len(fs, path, 0) ?: meta_resolve_parent(fs, path, &dir, &name);
 	if (rc == 0 && tree_child(dir, name))
 		rc = -EEXIST;
 	if (rc < 0)

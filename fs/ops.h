@@ -12,6 +12,11 @@ extern const struct fuse_operations cdnfs_ops;
 /* rename.c: rename a directory and everything under it (fs->lock held;
  * drops it for the requests). */
 int ops_rename_dir(struct fs *fs, const char *from, const char *to) WUR;
+/* The CDN purges of a rename of from to to (directories when is_dir):
+ * call with start 1 before its requests (queued, journaled and held), with
+ * start 0 after them whatever they did (queued again in case the first
+ * ones went out meanwhile; the hold ends). */
+void ops_rename_purge(struct fs *fs, const char *from, const char *to, int is_dir, int start);
 
 /* ops.c: set the permission bits of path to perms (0777), as an access
  * ACL that says no more than the mode does: the owner or root only; the

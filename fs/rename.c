@@ -308,6 +308,17 @@ static int move_remote(struct fs *fs, const char *sk, const char *dk, struct hta
 	return rc;
 }
 
+void ops_rename_purge(struct fs *fs, const char *from, const char *to, int is_dir, int start)
+{
+	if (start)
+		cdn_hold(fs->cdn, 1);
+	/* both names: the old one goes, the new one may have been cached */
+	if (cdn_purge(fs->cdn, from + 1, is_dir) < 0 || cdn_purge(fs->cdn, to + 1, is_dir) < 0)
+		log_error("cannot queue the CDN purge of '%s'", from);
+	if (!start)
+		cdn_hold(fs->cdn, 0);
+}
+
 int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 {
 	struct node *n, *dir;
@@ -348,17 +359,17 @@ int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 		goto out;
 	bc = (struct blocker_ctx){ buf_str(&sk), sk.len, (struct wb_job *)staged };
 	wb_foreach(fs->wb, put_keys_cb, &bc);
+	ops_rename_purge(fs, from, to, 1, 1);
 	pthread_mutex_unlock(&fs->lock);
 	rc = move_remote(fs, buf_str(&sk), buf_str(&dk), staged);
 	pthread_mutex_lock(&fs->lock);
+	ops_rename_purge(fs, from, to, 1, 0); /* some copies or deletes may have gone */
 	if (rc < 0) {
 		log_error("cannot rename '%s' to '%s': %s", buf_str(&sk), buf_str(&dk),
 			  strerror(-rc));
 		goto out;
 	}
 	meta_deleted(fs, buf_str(&sk)); /* everything under the old name */
-	if (cdn_purge(fs->cdn, from + 1, 1) < 0 || cdn_purge(fs->cdn, to + 1, 1) < 0)
-		log_error("cannot queue the CDN purge of '%s'", from);
 	rc = meta_resolve(fs, from, &n) ?: meta_resolve_parent(fs, to, &dir, &name);
 	rc = rc ?: tree_move(n, dir, name);
 	if (rc == 0) {

@@ -69,7 +69,7 @@ struct node *tree_child(struct node *dir, const char *name)
 
 struct node *tree_find(struct fs *fs, const char *path)
 {
-	struct node *n = fs->root;
+	struct node *n = path ? fs->root : NULL;
 	char comp[256];
 
 	while (n && *path) {

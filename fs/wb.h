@@ -70,6 +70,7 @@ struct wb_job {
 	int jx;               /* ... or it is the xattr JOB_XATTR of SEQ.data */
 	int jfile;            /* a SEQ.job file may exist (unlinked when jx takes over) */
 	int syncing;          /* callers waiting in wb_sync: a change keeps it due */
+	int filling;          /* the staged copy is being filled from S3 (ops.c) */
 	size_t jlen;          /* its length */
 	uint64_t jsum;        /* hash of its text: an unchanged entry is not rewritten */
 };

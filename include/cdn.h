@@ -133,6 +133,14 @@ int cdn_start(struct cdn *cdn) WUR;
  * -ENOMEM; a journal write failure is logged once and not returned. */
 int cdn_purge(struct cdn *cdn, const char *key_path, int is_dir) WUR;
 
+/* Hold (on 1) or release (on 0) the sending of what is pending while a
+ * change the purges are about is on its way: a rename queues its purges
+ * before its requests (so a crash during them loses no purge, the journal
+ * has them) and again after; holds keep the first ones from going out
+ * meanwhile.  Holds nest and delay a purge by max_delay at most; a flush
+ * sends at once anyway. */
+void cdn_hold(struct cdn *cdn, int on);
+
 /* Send what is pending now (no debounce) and wait until nothing is pending
  * or in flight (accepted by the provider; CloudFront invalidations may
  * still be InProgress).  timeout in seconds (<= 0: flush_timeout).

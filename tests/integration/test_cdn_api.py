@@ -230,7 +230,8 @@ def test_dedupe_and_directory_cloudflare(fake, tool):
 
 
 NAMES = ["sp ace.css", "\u00fcn\u00ef.css", "~tilde.css", "star*name.css", "pct%25.css",
-         "hash#.css", "q?.css", "br[1].css", "plus+semi;.css", "\u65e5\u672c/x.css"]
+         "hash#.css", "q?.css", "br[1].css", "plus+semi;.css", "\u65e5\u672c/x.css",
+         "js/runtime~main.js"]
 
 
 def test_encoding_cloudfront(fake, tool):
@@ -243,7 +244,7 @@ def test_encoding_cloudfront(fake, tool):
         "/my%20site/sp%20ace.css", "/my%20site/%C3%BCn%C3%AF.css", "/my%20site/%7Etilde.css",
         "/my%20site/star*", "/my%20site/pct%2525.css", "/my%20site/hash%23.css",
         "/my%20site/q%3F.css", "/my%20site/br%5B1%5D.css", "/my%20site/plus+semi;.css",
-        "/my%20site/%E6%97%A5%E6%9C%AC/x.css"])
+        "/my%20site/%E6%97%A5%E6%9C%AC/x.css", "/my%20site/js/runtime*"])
     assert t.exit() == 0
 
 
@@ -259,6 +260,19 @@ def test_encoding_cloudflare(fake, tool):
     assert sorted(c["files"]) == sorted(want)
     assert "https://cdn.test/~tilde.css" in c["files"]
     assert "https://cdn.test/star*name.css" in c["files"]
+    assert t.exit() == 0
+
+
+def test_cloudflare_deep_directory_purged_by_a_broader_prefix(fake, tool):
+    """Cloudflare allows 31 path separators in a prefix: a 40-level
+    directory is purged by its first 30 levels, not refused and dropped."""
+    t = tool("cloudflare")
+    deep = "/".join(f"d{i}" for i in range(40))
+    assert t.cmd(f"purgedir {deep}") == "ok"
+    assert t.cmd("flush 10") == "flushed"
+    (p,) = fake.purges()
+    assert p["prefixes"] == ["cdn.test/" + "".join(f"d{i}/" for i in range(30))], p
+    assert t.stats()["dropped"] == 0
     assert t.exit() == 0
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from conftest import lazy_unmount
+from faultproxy import FaultProxy
 from helpers import put_many, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -217,6 +218,91 @@ def test_rename_uploaded_purges_both_names(s3, bucket, mount, fake):
     assert not in_s3(s3, bucket, "media/a/r1.txt")
     (c,) = creates(fake)
     assert sorted(c["paths"]) == ["/media/a/r1.txt", "/media/b/r2.txt"], c
+
+
+@pytest.fixture
+def proxy(s3server):
+    """A fault proxy in front of the S3 server, taken before `mount` so it
+    outlives the mounts of the test."""
+    with FaultProxy(s3server.endpoint) as px:
+        yield px
+
+
+def px_mount(mount, bucket, fake, px, *extra, **kw):
+    return cf_mount(mount, bucket, fake, f"endpoint={px.endpoint}", "path_style",
+                    "timeout=30", *extra, **kw)
+
+
+def test_rename_whose_delete_fails_still_purges_both_names(s3, bucket, mount, fake, proxy):
+    """mv a/a.txt b/b.txt over an uploaded b.txt: the copy replaces b.txt in
+    S3, then the DELETE of a.txt is refused.  The rename fails, but S3
+    serves the new b.txt: both names are purged all the same."""
+    put_many(s3, bucket, {"media/a/a.txt": b"new", "media/b/b.txt": b"old"})
+    m = px_mount(mount, bucket, fake, proxy)
+    proxy.add("error", method="DELETE", key="media/a/a.txt", status=403, code="AccessDenied",
+              count=None)
+    with pytest.raises(OSError):
+        os.rename(m.path / "media" / "a" / "a.txt", m.path / "media" / "b" / "b.txt")
+    assert s3_body(s3, bucket, "media/b/b.txt") == b"new"
+    proxy.clear()
+    flush(m)
+    assert sorted(cf_paths(fake)) == ["/media/a/a.txt", "/media/b/b.txt"], \
+        fake.invalidations()
+
+
+def test_rename_purges_wait_for_the_rename_and_survive_kill9(s3, bucket, mount, fake, proxy):
+    """The purges of a rename are journaled before its requests and held
+    while they are on their way: with the server-side copy held at the
+    proxy, nothing is sent (invalidate_delay is 0.3 s); a kill -9 then, and
+    the next mount sends both names."""
+    put_many(s3, bucket, {"media/d/x.css": b"x", "media/y.css": b"y"})
+    m = px_mount(mount, bucket, fake, proxy)
+    release = threading.Event()
+    rule = proxy.add("hold", op="COPY", key="media/e/x.css", count=1,
+                     fn=lambda req: release.wait(60))
+    err = {}
+
+    def mv():
+        try:
+            os.rename(m.path / "media" / "d", m.path / "media" / "e")
+        except OSError as e:
+            err["e"] = e
+
+    t = threading.Thread(target=mv)
+    try:
+        t.start()
+        wait_for(lambda: rule.hits == 1, timeout=30, what="the copy to reach the proxy")
+        journal = Path(m.cache_dir) / bucket / "cdn" / "journal"
+        wait_for(lambda: journal.exists() and "media/e" in journal.read_text(),
+                 timeout=5, what=f"the rename's purges in {journal}")
+        time.sleep(1.5)  # five times invalidate_delay
+        assert fake.calls() == [], "a purge went out while the rename was on its way"
+        m.proc.kill()
+        m.proc.wait()
+        m.proc = None  # killed on purpose: not a failed exit
+    finally:
+        release.set()
+        lazy_unmount(m.path)
+        t.join(60)
+    m2 = cf_mount(mount, bucket, fake, cache_dir=m.cache_dir)
+    flush(m2)
+    assert sorted(cf_paths(fake)) == ["/media/d/*", "/media/e/*"], fake.invalidations()
+
+
+def test_rename_sends_its_purges_once(s3, bucket, mount, fake, proxy):
+    """The purges queued before a rename's requests and again after them
+    make one invalidation with each name once."""
+    put_many(s3, bucket, {"media/d/x.css": b"x", "media/f/y.css": b"y"})
+    m = px_mount(mount, bucket, fake, proxy)
+    proxy.add("delay", op="COPY", key="media/e/x.css", count=1, seconds_stall=1.5)
+    os.mkdir(m.path / "media" / "g")
+    os.rename(m.path / "media" / "d", m.path / "media" / "e")
+    os.rename(m.path / "media" / "f" / "y.css", m.path / "media" / "g" / "z.css")
+    flush(m)
+    assert s3_body(s3, bucket, "media/e/x.css") == b"x"
+    (inv,) = fake.invalidations()
+    assert sorted(inv["paths"]) == ["/media/d/*", "/media/e/*", "/media/f/y.css",
+                                    "/media/g/z.css"], inv
 
 
 def test_chmod_uploaded_purges_that_path(s3, bucket, mount, fake):

@@ -36,7 +36,16 @@ static void test_encode_cloudfront(void)
 	is_int(w, 0, "cf plain is no wildcard");
 	is_str(enc(cf, "", "/a b.css", 0, NULL), "/a%20b.css", "cf space, leading slash");
 	is_str(enc(cf, NULL, "\xc3\xa9t\xc3\xa9.png", 0, NULL), "/%C3%A9t%C3%A9.png", "cf unicode");
-	is_str(enc(cf, NULL, "~user/x", 0, NULL), "/%7Euser/x", "cf tilde (RFC 1738 unsafe)");
+	is_str(enc(cf, NULL, "~user/x", 0, &w), "/%7Euser/x", "cf tilde starting a segment encoded");
+	is_int(w, 0, "cf tilde starting a segment: no wildcard");
+	is_str(enc(cf, NULL, "js/runtime~main.1a2b.js", 0, &w), "/js/runtime",
+	       "cf tilde inside the last segment cuts");
+	is_int(w, 1, "cf tilde inside the last segment makes a wildcard");
+	is_str(enc(cf, NULL, "a~b/c.js", 0, &w), "/a%7Eb/c.js", "cf tilde in a directory encoded");
+	is_int(w, 0, "cf tilde in a directory: no wildcard");
+	is_str(enc(cf, "v1~beta", "app/main.js", 0, &w), "/v1%7Ebeta/app/main.js",
+	       "cf tilde in the path prefix encoded");
+	is_int(w, 0, "cf tilde in the path prefix: no wildcard");
 	is_str(enc(cf, NULL, "q?x#y%z", 0, NULL), "/q%3Fx%23y%25z", "cf ? # %%");
 	is_str(enc(cf, NULL, "[a]{b}|c\\d^e`f<g>h\"i", 0, NULL),
 	       "/%5Ba%5D%7Bb%7D%7Cc%5Cd%5Ee%60f%3Cg%3Eh%22i", "cf unsafe set");
@@ -98,6 +107,31 @@ static void test_encode_cloudflare(void)
 	is_str(enc(fl, NULL, "a+b=c&d;e,f:g@h", 0, NULL), "/a+b=c&d;e,f:g@h", "cfl sub-delims");
 	is_str(enc(fl, "static", "dir", 1, &w), "/static/dir/", "cfl dir");
 	is_int(w, 1, "cfl dir is a prefix");
+	{
+		/* a prefix has at most 31 separators: a deeper directory is cut
+		 * back to the first 31 (a broader prefix); a file is not */
+		char deep[400] = "", want[400] = "/";
+		size_t seps = 0;
+
+		for (int i = 0; i < 40; i++)
+			snprintf(deep + strlen(deep), sizeof(deep) - strlen(deep), "%sd%d",
+				 i ? "/" : "", i);
+		for (int i = 0; i < 30; i++)
+			snprintf(want + strlen(want), sizeof(want) - strlen(want), "d%d/", i);
+		is_str(enc(fl, NULL, deep, 1, &w), want, "cfl 40-level dir cut to 31 separators");
+		is_int(w, 1, "cfl cut dir is a prefix");
+		for (const char *c = enc(fl, NULL, deep, 0, NULL); *c; c++)
+			seps += *c == '/';
+		is_int((long)seps, 40, "cfl deep file is not cut");
+		is_str(enc(fl, "p/q", "d0/d1/d2/d3/d4/d5/d6/d7/d8/d9/e0/e1/e2/e3/e4/e5/e6/e7/e8/e9/"
+			   "f0/f1/f2/f3/f4/f5/f6/f7/f8", 1, NULL),
+		       "/p/q/d0/d1/d2/d3/d4/d5/d6/d7/d8/d9/e0/e1/e2/e3/e4/e5/e6/e7/e8/e9/f0/f1/f2/f3/"
+		       "f4/f5/f6/f7/", "cfl path_prefix counts");
+		is_str(enc(fl, NULL, "d0/d1/d2/d3/d4/d5/d6/d7/d8/d9/e0/e1/e2/e3/e4/e5/e6/e7/e8/e9/"
+			   "f0/f1/f2/f3/f4/f5/f6/f7/f8/f9", 1, NULL),
+		       "/d0/d1/d2/d3/d4/d5/d6/d7/d8/d9/e0/e1/e2/e3/e4/e5/e6/e7/e8/e9/f0/f1/f2/f3/f4/"
+		       "f5/f6/f7/f8/f9/", "cfl 30-level dir (31 separators) kept");
+	}
 }
 
 static struct cdn_target *targets(size_t n)
