@@ -27,6 +27,7 @@
 #include "wb.h"
 
 #define S3_KEY_MAX 1024
+#define RESOLVE_AGAIN (-100000) /* the lock was dropped: resolve again (no errno) */
 
 struct ofile {
 	int fd;               /* staged data (or an orphan copy), or -1 */
@@ -55,15 +56,20 @@ static struct fs *ctx_fs(void)
 	return fuse_get_context()->private_data;
 }
 
-/* Resolve path and wait until no upload of it is running. Locked. */
+/* Resolve path and wait until no upload of it is running and no handle is
+ * copying its object in. Locked. */
 static int resolve_idle(struct fs *fs, const char *path, struct node **out)
 {
 	for (;;) {
 		int rc = meta_resolve(fs, path, out);
+		struct wb_job *j = rc == 0 ? (*out)->job : NULL;
 
-		if (rc < 0 || !(*out)->job || !(*out)->job->running)
+		if (!j || (!j->running && !j->filling))
 			return rc;
-		wb_wait_idle(fs->wb, (*out)->job);
+		if (j->filling) /* a handle copies the object in (stage_for_write) */
+			pthread_cond_wait(&fs->cond, &fs->lock);
+		else
+			wb_wait_idle(fs->wb, j);
 	}
 }
 
@@ -548,8 +554,17 @@ static int op_utimens(const char *path, const struct timespec tv[2], struct fuse
 static struct ofile *ofile_new(void)
 {
 	struct ofile *of = calloc(1, sizeof(*of));
+	pthread_rwlockattr_t ra;
+	int rc;
 
-	if (of && pthread_rwlock_init(&of->rw, NULL) != 0) {
+	if (!of)
+		return NULL;
+	/* a switch (a write lock) must not wait behind a stream of reads */
+	pthread_rwlockattr_init(&ra);
+	pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	rc = pthread_rwlock_init(&of->rw, &ra);
+	pthread_rwlockattr_destroy(&ra);
+	if (rc != 0) {
 		free(of);
 		return NULL;
 	}
@@ -628,7 +643,7 @@ static int stage_for_write(struct fs *fs, const char *path, struct node *n, int 
 	if (j && j->kind == WB_PUT && j->data && j->filling) {
 		/* another handle copies the object in: wait, then start again */
 		pthread_cond_wait(&fs->cond, &fs->lock);
-		return -EAGAIN;
+		return RESOLVE_AGAIN;
 	}
 	if (j && j->kind == WB_PUT && j->data) {
 		*out = j;
@@ -717,7 +732,7 @@ static int open_write_now(struct fs *fs, const char *path, int flags, struct ofi
 	do {
 		rc = resolve_idle(fs, path, &n);
 		rc = rc ?: open_write_node(fs, path, n, flags, of);
-	} while (rc == -EAGAIN);
+	} while (rc == RESOLVE_AGAIN);
 	return rc;
 }
 
@@ -781,6 +796,16 @@ static int orphan_copy(struct fs *fs, struct ofile *of, int trunc, int src, int 
 	int rc = 0;
 
 	*fd = open(fs->conf.cache_dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+	if (*fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR)) { /* no O_TMPFILE */
+		char *t = NULL;
+
+		if (asprintf(&t, "%s/orphan.XXXXXX", fs->conf.cache_dir) < 0)
+			return -ENOMEM;
+		*fd = mkostemp(t, O_CLOEXEC);
+		if (*fd >= 0)
+			unlink(t);
+		free(t);
+	}
 	if (*fd < 0)
 		return -errno;
 	if (!trunc && src >= 0) { /* it read another handle's staged copy */
@@ -1027,6 +1052,10 @@ static void follow_latest(struct fs *fs, struct ofile *of, const char *path)
 	/* of->seen moves only once the handle is where it should be: a switch
 	 * that could not be made now is tried again at the next read */
 	pthread_rwlock_wrlock(&of->rw);
+	if (of->writable && !of->lazy) { /* a write made it its own meanwhile */
+		pthread_rwlock_unlock(&of->rw);
+		return;
+	}
 	LOCK(fs);
 	gen = fs->cgen;
 	n = path ? tree_find(fs, path) : NULL;
@@ -1093,14 +1122,32 @@ out:
 }
 
 /* The first read through a lazy handle: a read-cache handle on the version
- * it opened.  Unlocked. */
-static void lazy_reader(struct fs *fs, struct ofile *of)
+ * it opened, under the key it has now (path: renamed since, the old key is
+ * gone from S3).  Unlocked. */
+static void lazy_reader(struct fs *fs, struct ofile *of, const char *path)
 {
+	struct node *n;
+	struct buf key;
+	char *k;
 	int rc = 0;
 
 	pthread_rwlock_wrlock(&of->rw);
-	if (of->lazy && !of->dc && of->fd < 0)
+	if (of->lazy && !of->dc && of->fd < 0) {
+		LOCK(fs);
+		n = path ? tree_find(fs, path) : NULL;
+		if (n && !n->kids && n->remote && n->cgen == of->cgen && node_key(fs, n, &key) == 0) {
+			if ((k = strdup(buf_str(&key)))) {
+				free(of->key);
+				of->key = k;
+				snprintf(of->etag, sizeof(of->etag), "%s", n->etag);
+				of->size = n->a.size;
+				of->compressed = n->compressed;
+			}
+			buf_release(&key);
+		}
+		UNLOCK(fs);
 		rc = dcache_get(fs->dc, of->key, of->etag, of->size, of->compressed, &of->dc);
+	}
 	pthread_rwlock_unlock(&of->rw);
 	if (rc < 0)
 		log_error("cannot read '%s': %s", of->key, strerror(-rc));
@@ -1115,7 +1162,7 @@ static int op_read(const char *path, char *buf, size_t size, off_t off,
 
 	/* a lazy handle reads like a read-only one: no copy, no upload */
 	if (of->lazy && !of->dc && of->fd < 0)
-		lazy_reader(fs, of);
+		lazy_reader(fs, of, path);
 	if ((!of->writable || of->lazy) &&
 	    __atomic_load_n(&fs->cgen, __ATOMIC_ACQUIRE) != of->seen)
 		follow_latest(fs, of, path);
@@ -1148,16 +1195,18 @@ static int op_write(const char *path, const char *buf, size_t size, off_t off,
 		if (rc < 0)
 			return rc;
 	}
+	pthread_rwlock_rdlock(&of->rw); /* of->fd is set (materialize) under it */
 	n = pwrite(of->fd, buf, size, off);
+	if (n < 0)
+		n = -errno;
+	pthread_rwlock_unlock(&of->rw);
 	if (of->orphan)
-		return n < 0 ? -errno : (int)n;
+		return (int)n;
 	if (n < 0) {
-		int err = -errno;
-
 		LOCK(fs); /* the staged copy now misses bytes the writer meant */
-		wb_write_failed(fs->wb, of->job, err);
+		wb_write_failed(fs->wb, of->job, (int)n);
 		UNLOCK(fs);
-		return err;
+		return (int)n;
 	}
 	LOCK(fs);
 	of->dirty = 1;
@@ -1199,8 +1248,12 @@ static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi)
 		UNLOCK(fs);
 		of = &tmp;
 	}
+	if (of != &tmp)
+		pthread_rwlock_rdlock(&of->rw);
 	if (rc == 0 && ftruncate(of->fd, size) < 0)
 		rc = -errno;
+	if (of != &tmp)
+		pthread_rwlock_unlock(&of->rw);
 	LOCK(fs);
 	if (rc == 0 && of->job) {
 		if (size == 0)
@@ -1262,13 +1315,13 @@ static int op_fsync(const char *path, int datasync, struct fuse_file_info *fi)
 	(void)datasync;
 	LOCK(fs);
 	if (of && of->job) {
-		if (of->writable && of->job->gen != of->job->gen_done)
+		if (of->writable && !of->lazy && of->job->gen != of->job->gen_done)
 			wb_touch(fs->wb, of->job); /* journal it now: it must survive */
 		if (of->job->writers > 1)
 			log_debug("fsync of '%s' with other writers open", path ? path : "(gone)");
 		rc = wb_sync(fs->wb, of->job); /* runs even with writers open */
-	} else if (path && meta_resolve(fs, path, &n) == 0 && n->job) {
-		rc = wb_sync(fs->wb, n->job);
+	} else if (path && resolve_idle(fs, path, &n) == 0 && n->job) {
+		rc = wb_sync(fs->wb, n->job); /* not while half copied in */
 	}
 	UNLOCK(fs);
 	return rc;

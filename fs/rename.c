@@ -192,7 +192,9 @@ static int blocker_cb(struct wb_job *j, void *arg)
 
 	if (strncmp(j->key, bc->prefix, bc->plen) != 0)
 		return 0;
-	if (wb_in_flight(j) || j->kind != WB_PUT) {
+	/* a staged copy still being filled from its object: that object must
+	 * stay until the copy is done */
+	if (wb_in_flight(j) || j->kind != WB_PUT || j->filling) {
 		bc->found = j;
 		return 1;
 	}
@@ -244,7 +246,9 @@ static int settle_jobs(struct fs *fs, const char *prefix, int *rc)
 	if (!bc.found)
 		return wb_key_wait(fs->wb, prefix, 1); /* an upload under a name
 							 * it was renamed from */
-	if (wb_in_flight(bc.found))
+	if (bc.found->filling) /* stage_for_write broadcasts when it is done */
+		pthread_cond_wait(&fs->cond, &fs->lock);
+	else if (wb_in_flight(bc.found))
 		wb_wait_idle(fs->wb, wb_in_flight(bc.found));
 	else
 		*rc = wb_sync(fs->wb, bc.found);

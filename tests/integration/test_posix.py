@@ -667,3 +667,62 @@ def test_rdwr_handle_that_only_reads_uploads_nothing(s3, bucket, mount):
     flush(m)
     after = s3.head_object(Bucket=bucket, Key="db")["LastModified"]
     assert after == before, f"the object was uploaded again ({before} -> {after})"
+
+
+@pytest.fixture
+def proxy(s3server):
+    """A fault proxy in front of the S3 server, taken before `mount` so it
+    outlives the mounts of the test."""
+    from faultproxy import FaultProxy
+    with FaultProxy(s3server.endpoint) as px:
+        yield px
+
+
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_rename_while_the_first_write_copies_the_object_in(s3, bucket, mount, proxy, what):
+    """Local filesystem: a write through a handle and a rename of the file
+    (or of its directory) at the same moment both take effect.  cdnfs: the
+    first write through a handle on an uploaded object copies the object in
+    (held here at the proxy); a rename that went ahead would delete the old
+    key before the copy read it, and the file would be lost from S3.
+    libfuse's path locks already hold the rename until the write returns
+    (this passes on the code before the fix too); cdnfs's rename also waits
+    for the copy (resolve_idle, settle_jobs), which this pins."""
+    data = b"0123456789" * 1000
+    s3.put_object(Bucket=bucket, Key="d/a.txt", Body=data)
+    m = mount(bucket, f"endpoint={proxy.endpoint}", "path_style", "timeout=30",
+              "writeback_delay=0.2")
+    release = threading.Event()
+    rule = proxy.add("hold", method="GET", key="d/a.txt", count=1,
+                     fn=lambda req: release.wait(60))
+    src, dst = ((m.path / "d" / "a.txt", m.path / "d" / "b.txt") if what == "file"
+                else (m.path / "d", m.path / "e"))
+    done = {}
+
+    def run(name, fn):
+        try:
+            done[name] = fn()
+        except OSError as e:
+            done[name] = e
+
+    fd = os.open(m.path / "d" / "a.txt", os.O_WRONLY)
+    try:
+        w = threading.Thread(target=run, args=("write", lambda: os.pwrite(fd, b"XY", 0)))
+        w.start()
+        wait_ok = time.monotonic() + 30
+        while rule.hits < 1 and time.monotonic() < wait_ok:
+            time.sleep(0.02)
+        assert rule.hits == 1, "the copy-in's GET never reached the proxy"
+        r = threading.Thread(target=run, args=("rename", lambda: os.rename(src, dst)))
+        r.start()
+        time.sleep(1.5)
+    finally:
+        release.set()
+        w.join(60)
+    r.join(60)
+    os.close(fd)
+    assert done == {"write": 2, "rename": None}, done
+    flush(m)
+    key = "d/b.txt" if what == "file" else "e/a.txt"
+    assert get_object(s3, bucket, key) == b"XY" + data[2:]
+    assert "d/a.txt" not in list_keys(s3, bucket)
