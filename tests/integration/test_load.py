@@ -270,16 +270,21 @@ def test_load_mixed_ops_memory_flat(s3, bucket, mount):
     objs = {o["Key"]: o["Size"] for p in pages for o in p.get("Contents", [])}
     files = {k: n for k, n in objs.items() if not k.endswith("/")}
     want = {k: v for k, v in model.state.items() if v is not None}
-    assert set(files) == set(want), \
-        f"missing {sorted(set(want) - set(files))[:10]}, extra {sorted(set(files) - set(want))[:10]}"
+    odd = sorted(set(want) ^ set(files))
+    assert not odd, \
+        f"missing {sorted(set(want) - set(files))[:10]}, extra {sorted(set(files) - set(want))[:10]}" + \
+        "\nhistory of those names:\n" + story(history, odd, t0)
     wrong_size = [k for k, v in want.items() if files[k] != size_of(*v)]
-    assert not wrong_size, f"sizes differ: {wrong_size[:10]}"
+    assert not wrong_size, \
+        f"sizes differ: {[(k, files[k], want[k], size_of(*want[k])) for k in wrong_size[:10]]}" + \
+        "\nhistory of those names:\n" + story(history, wrong_size, t0)
 
     def check(k):
         return k, s3.get_object(Bucket=bucket, Key=k)["Body"].read() == content(want[k])
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         bad = [k for k, ok in pool.map(check, sorted(want)) if not ok]
-    assert not bad, f"{len(bad)} objects differ: {bad[:10]}"
+    assert not bad, f"{len(bad)} objects differ: {bad[:10]}" + \
+        "\nhistory of those names:\n" + story(history, bad, t0)
     log_errors = [l for l in m.read_log().splitlines() if " error: " in l]
     assert not log_errors, "cdnfs logged errors:\n" + "\n".join(log_errors[:20])
 
