@@ -11,9 +11,9 @@
  *             line is appended; a CloudFront one counts against the
  *             in-progress budget until a poll sees it Completed.
  * Invariants: a key is pending at most once, and never under a pending
- * directory; a journaled batch never changes (a split or a new reference
- * makes new batches and a new snapshot); pending paths are planned only
- * when nothing is in flight, so batches go out in order.
+ * directory; a journaled batch never changes (a split, an expansion or a
+ * new reference makes new batches and a new snapshot); pending paths are
+ * planned only when nothing is in flight, so batches go out in order.
  *
  * Threads and locks: callers (cdn_purge, cdn_flush, cdn_last, stats) and
  * the dispatcher.  cdn->lock protects the fields marked (L) and is never
@@ -855,7 +855,7 @@ static void hist_push(struct cdn *cdn, struct cdn_batch *b)
 }
 
 /* What the dispatcher does once the lock is released. */
-enum { AFTER_DONE = 1, AFTER_MONTH = 2, AFTER_SPLIT = 4, AFTER_NEWREF = 8 };
+enum { AFTER_DONE = 1, AFTER_MONTH = 2, AFTER_SPLIT = 4, AFTER_NEWREF = 8, AFTER_EXPAND = 16 };
 
 struct after {
 	int act;
@@ -964,7 +964,13 @@ static void on_denied(struct cdn *cdn, struct cdn_batch *b, const struct cdn_res
 	}
 }
 
-/* Rejected as malformed: split it, or drop a lone path. */
+static int is_own_path(const struct cdn *cdn, const struct cdn_batch *b, const char *item,
+			const struct cdn_tgt *t);
+
+/* Rejected as malformed: split it; a lone path that stands for other
+ * targets (a wildcard made of a directory's files, a directory purge
+ * with files under it) gives way to their own paths; a lone path of its
+ * own is dropped. */
 static void on_invalid(struct cdn *cdn, struct cdn_batch *b, const struct cdn_result *res,
 		       struct after *af)
 {
@@ -972,6 +978,15 @@ static void on_invalid(struct cdn *cdn, struct cdn_batch *b, const struct cdn_re
 		log_warn("%s rejected a purge of %zu %s: %s; splitting it to find the bad one",
 			 pname(cdn), b->nitems, noun(cdn, b), res->msg);
 		af->act |= AFTER_SPLIT;
+		return;
+	}
+	for (size_t i = 0; i < b->ntargets; i++) {
+		if (is_own_path(cdn, b, b->items[0], &b->targets[i]))
+			continue;
+		log_warn("%s rejected the purge of '%s': %s; purging the %zu %s it stands for "
+			 "on their own", pname(cdn), b->items[0], res->msg, b->ntargets,
+			 b->ntargets == 1 ? "name" : "names");
+		af->act |= AFTER_EXPAND;
 		return;
 	}
 	log_error("%s rejected the purge of '%s': %s; dropped", pname(cdn), b->items[0], res->msg);
@@ -1134,6 +1149,103 @@ static int split_head(struct cdn *cdn, void *arg)
 	return 0;
 }
 
+/* Is item (of batch b) target t's own path, as a plan of t alone makes it?
+ * An encoding failure counts as yes: such a target has no path to send. */
+static int is_own_path(const struct cdn *cdn, const struct cdn_batch *b, const char *item,
+		       const struct cdn_tgt *t)
+{
+	struct buf p;
+	size_t il;
+	int wild = 0, iwild, own;
+	const char *ip = item_path(cdn, b, item, &il, &iwild);
+
+	buf_init(&p, 0);
+	own = cdn_encode_path(&p, cdn->api.provider, cdn->prefix, t->key, t->is_dir, &wild) < 0 ||
+	      (ip && wild == iwild && p.len == il && memcmp(buf_str(&p), ip, il) == 0);
+	buf_release(&p);
+	return own;
+}
+
+/* journal_commit mutator: the head batch, one path the provider rejected
+ * as malformed, becomes the batches of its targets planned without
+ * wildcards made of files; the targets whose own path was the rejected
+ * one are dropped.  *(size_t *)arg: targets dropped. */
+static int expand_head(struct cdn *cdn, void *arg)
+{
+	struct cdn_batch *b = cdn->inflight, *first = NULL, **tail = &first;
+	struct cdn_plan_conf pc;
+	struct cdn_target *t = NULL;
+	struct cdn_plan plan;
+	size_t *dropped = arg, n = 0, nb = 0;
+	char **hk = NULL;
+	int rc = 0;
+
+	memset(&plan, 0, sizeof(plan));
+	*dropped = 0;
+	if (!b || b->nitems != 1)
+		return 0;
+	if (b->ntargets && (!(hk = calloc(b->ntargets, sizeof(*hk))) ||
+			    !(t = calloc(b->ntargets, sizeof(*t)))))
+		rc = -ENOMEM;
+	for (size_t i = 0; i < b->ntargets && rc == 0; i++) {
+		const struct cdn_tgt *g = &b->targets[i];
+		size_t kl = strlen(g->key);
+
+		if (is_own_path(cdn, b, b->items[0], g)) {
+			log_error("%s rejected the purge of '%s%s': dropped", pname(cdn), g->key,
+				  g->is_dir ? "/" : "");
+			(*dropped)++;
+			continue;
+		}
+		if (!(hk[n] = malloc(kl + 2))) {
+			rc = -ENOMEM;
+			break;
+		}
+		hk[n][0] = g->is_dir ? 'd' : 'f';
+		memcpy(hk[n] + 1, g->key, kl + 1);
+		t[n] = (struct cdn_target){ hk[n] + 1, g->is_dir };
+		n++;
+	}
+	pc = (struct cdn_plan_conf){ cdn->api.provider, cdn->prefix, cdn->domain, 0, 0, 0, 0 };
+	pc.max_paths = cdn->api.provider == CDN_CLOUDFLARE ? cdn->cfl_batch : CDN_CF_MAX_PATHS;
+	pc.max_wild = cdn->api.provider == CDN_CLOUDFRONT ? CDN_CF_MAX_WILD
+			: cdn->cfl_batch < CDN_CFL_MAX_PREFIXES ? cdn->cfl_batch
+								  : CDN_CFL_MAX_PREFIXES;
+	if (rc == 0 && n)
+		rc = cdn_plan_make(&pc, t, n, &plan);
+	if (rc == 0 && plan.nleft)
+		rc = -ENOSPC; /* cannot happen without a batch limit: keep the batch */
+	for (size_t m = 0; rc == 0 && m < plan.nbatches; m++, nb++) {
+		rc = batch_from_plan(&plan, m, hk, n, tail);
+		if (rc == 0) {
+			(*tail)->attempts = b->attempts;
+			tail = &(*tail)->next;
+		}
+	}
+	if (rc == 0) {
+		*tail = b->next;
+		cdn->inflight = first ? first : b->next;
+		cdn->ninflight = cdn->ninflight - 1 + nb;
+		cdn->st.dropped += *dropped;
+		cdn_batch_free(b);
+	} else {
+		while (first) {
+			struct cdn_batch *x = first;
+
+			first = x->next;
+			cdn_batch_free(x);
+		}
+		*dropped = 0;
+		b->next_try = mono() + backoff(cdn, b->attempts, 0);
+	}
+	cdn_plan_release(&plan);
+	for (size_t i = 0; i < n; i++)
+		free(hk[i]);
+	free(hk);
+	free(t);
+	return rc;
+}
+
 /* journal_commit mutator: a fresh CallerReference for the head batch. */
 static int newref_head(struct cdn *cdn, void *arg)
 {
@@ -1165,6 +1277,11 @@ static void do_after(struct cdn *cdn, const struct after *af)
 		(void)journal_commit(cdn, split_head, NULL);
 	if (af->act & AFTER_NEWREF)
 		(void)journal_commit(cdn, newref_head, NULL);
+	if (af->act & AFTER_EXPAND) {
+		size_t dropped;
+
+		(void)journal_commit(cdn, expand_head, &dropped);
+	}
 }
 
 /* Send the head batch (lock held on entry and return). */

@@ -437,6 +437,29 @@ def test_invalid_path_is_isolated_and_dropped(fake, tool):
     assert t.exit() == 0
 
 
+def test_rejected_wildcard_gives_way_to_the_files_it_stood_for(fake, tool):
+    """A wildcard the planner made of a directory's files, rejected as
+    malformed on its own, must not take the files with it: they go out as
+    their own paths.  A directory purge that is rejected on its own is
+    dropped (a file queued under a queued directory is the directory's to
+    purge, as cdn_purge dedupes it)."""
+    fake.set(reject_paths=["/d/*", "/e/*"])
+    t = tool("cloudfront", "collapse_min=2")
+    t.purge_many(["d/a.css", "d/b.css", "d/c.css", "x.css"])
+    t.purge_many(["e"], cmd="purgedir")
+    assert t.cmd("flush 30", 40) == "flushed"
+    creates = fake.calls("cloudfront", "create")
+    sent = [c["paths"] for c in creates]
+    assert any("/d/*" in p for p in sent), f"the planner did not make the wildcard: {sent}"
+    delivered = sorted(p for i in fake.invalidations() for p in i["paths"])
+    assert delivered == ["/d/a.css", "/d/b.css", "/d/c.css", "/x.css"]
+    err = t.stderr()
+    assert "rejected the purge of '/d/*'" in err and "on their own" in err
+    assert "rejected the purge of '/e/*'" in err and "; dropped" in err
+    assert t.stats()["dropped"] == 1
+    assert t.exit() == 0
+
+
 # ------------------------------------------------------------- visibility --
 
 def test_last_stats_month_and_journal_modes(fake, tool, tmp_path):
