@@ -27,7 +27,19 @@
 #include "wb.h"
 
 #define S3_KEY_MAX 1024
-#define RESOLVE_AGAIN (-100000) /* the lock was dropped: resolve again (no errno) */
+/* The lock was dropped to wait: resolve the path again.  Not an errno, so
+ * an S3 answer that maps to EAGAIN (throttling) is never taken for it;
+ * it never leaves the op that loops on it. */
+#define RESOLVE_AGAIN (-100000)
+
+/* One version of an object in S3, as a handle reads it from the read
+ * cache or copies it in. */
+struct version {
+	char *key;
+	char etag[S3_ETAG_MAX];
+	uint64_t size;
+	int compressed;       /* stored with Content-Encoding */
+};
 
 struct ofile {
 	int fd;               /* staged data (or an orphan copy), or -1 */
@@ -38,10 +50,8 @@ struct ofile {
 	int lazy;             /* opened for write, nothing written yet */
 	int orphan;           /* fd is a private copy: the name went before the first write */
 	int keep_cache;       /* same version as the last open: keep page cache */
-	char etag[S3_ETAG_MAX]; /* the version dc holds; lazy: the one opened */
-	char *key;            /* lazy: the object's key, for an orphan copy */
-	uint64_t size;        /* lazy: its size */
-	int compressed;       /* lazy: stored with Content-Encoding */
+	struct version v;     /* the version dc holds; lazy: the one to read or copy in
+			       * (etag "" once it reads another handle's staged copy) */
 	struct stat st;       /* at open: for a handle whose name is gone */
 	uint64_t cgen;        /* read-only: the node's cgen the data read reflects */
 	uint64_t seen;        /* read-only: fs->cgen when that was last checked */
@@ -119,6 +129,45 @@ static int node_key(struct fs *fs, const struct node *n, struct buf *key)
 {
 	buf_init(key, 8192);
 	return tree_key(fs, n, n->kids != NULL, key);
+}
+
+/* n's version in S3 into *v, which the caller releases with version_put or
+ * hands to version_move.  Locked. */
+static int version_of(struct fs *fs, struct node *n, struct version *v)
+{
+	struct buf key;
+	int rc = node_key(fs, n, &key);
+
+	v->key = NULL;
+	if (rc == 0 && !(v->key = strdup(buf_str(&key))))
+		rc = -ENOMEM;
+	buf_release(&key);
+	if (rc < 0)
+		return rc;
+	snprintf(v->etag, sizeof(v->etag), "%s", n->etag);
+	v->size = n->a.size;
+	v->compressed = n->compressed;
+	return 0;
+}
+
+/* *dst becomes *src (which gives up its key). */
+static void version_move(struct version *dst, struct version *src)
+{
+	free(dst->key);
+	*dst = *src;
+	src->key = NULL;
+}
+
+static void version_put(struct version *v)
+{
+	free(v->key);
+	v->key = NULL;
+}
+
+/* A read-cache handle on version v.  Unlocked (it may download). */
+static int version_open(struct fs *fs, const struct version *v, struct dc_file **dc)
+{
+	return dcache_get(fs->dc, v->key, v->etag, v->size, v->compressed, dc);
 }
 
 /* --- attributes and directories ----------------------------------------------- */
@@ -750,17 +799,9 @@ static int open_write(struct fs *fs, const char *path, int flags, struct ofile *
 		return -EISDIR;
 	if (!(flags & O_TRUNC) && !(n->job && n->job->kind == WB_PUT && n->job->data) &&
 	    n->remote && n->a.size > 0) {
-		struct buf key;
-
-		rc = node_key(fs, n, &key);
-		if (rc == 0 && !(of->key = strdup(buf_str(&key))))
-			rc = -ENOMEM;
-		buf_release(&key);
+		rc = version_of(fs, n, &of->v);
 		if (rc < 0)
 			return rc;
-		snprintf(of->etag, sizeof(of->etag), "%s", n->etag);
-		of->size = n->a.size;
-		of->compressed = n->compressed;
 		of->cgen = n->cgen;
 		of->seen = fs->cgen;
 		meta_stat(fs, n, &of->st);
@@ -788,7 +829,7 @@ static void let_go(struct fs *fs, int fd, struct dc_file *dc, struct wb_job *j)
 
 /* A private copy for a lazy handle whose name is gone (unlinked, or another
  * file renamed over it), into *fd: what it reads (the staged copy src when
- * src >= 0, else the version of->key/etag; empty when trunc), never
+ * src >= 0, else the version of->v; empty when trunc), never
  * uploaded, as an unlinked file's data on a local disk.  Fails when that
  * version is neither in the read cache nor in S3 any more.  Unlocked. */
 static int orphan_copy(struct fs *fs, struct ofile *of, int trunc, int src, int *fd)
@@ -816,10 +857,11 @@ static int orphan_copy(struct fs *fs, struct ofile *of, int trunc, int src, int 
 			;
 		rc = n < 0 ? -errno : 0;
 	} else if (!trunc) {
-		rc = fill_fd_from_remote(fs, of->key, of->etag, of->size, of->compressed, *fd);
+		rc = fill_fd_from_remote(fs, of->v.key, of->v.etag, of->v.size, of->v.compressed,
+					 *fd);
 	}
 	if (rc < 0) {
-		log_error("cannot copy '%s' for a handle whose name is gone: %s", of->key,
+		log_error("cannot copy '%s' for a handle whose name is gone: %s", of->v.key,
 			  strerror(-rc));
 		close(*fd);
 		*fd = -1;
@@ -877,11 +919,9 @@ out:
 
 static int open_read(struct fs *fs, const char *path, struct ofile *of)
 {
+	struct version v;
 	struct node *n;
-	struct buf key;
-	char etag[S3_ETAG_MAX];
-	uint64_t size;
-	int compressed, rc;
+	int rc;
 
 	rc = meta_resolve(fs, path, &n);
 	if (rc == 0 && n->kids)
@@ -901,28 +941,24 @@ static int open_read(struct fs *fs, const char *path, struct ofile *of)
 		wb_ref(n->job);
 		return 0;
 	}
-	snprintf(etag, sizeof(etag), "%s", n->etag);
-	snprintf(of->etag, sizeof(of->etag), "%s", n->etag);
-	size = n->a.size;
-	compressed = n->compressed;
+	rc = version_of(fs, n, &v);
+	if (rc < 0)
+		return rc;
 	/* the kernel may keep its page cache when the object did not change */
-	of->keep_cache = n->kc_hash == hash_str(etag);
-	n->kc_hash = hash_str(etag);
-	log_debug("open '%s': etag %s, %llu bytes%s", path, etag, (unsigned long long)size,
+	of->keep_cache = n->kc_hash == hash_str(v.etag);
+	n->kc_hash = hash_str(v.etag);
+	log_debug("open '%s': etag %s, %llu bytes%s", path, v.etag, (unsigned long long)v.size,
 		  of->keep_cache ? ", kernel cache kept" : "");
-	rc = node_key(fs, n, &key);
-	if (rc == 0) {
-		UNLOCK(fs);
-		rc = dcache_get(fs->dc, buf_str(&key), etag, size, compressed, &of->dc);
-		LOCK(fs);
-	}
-	buf_release(&key);
+	UNLOCK(fs);
+	rc = version_open(fs, &v, &of->dc);
+	LOCK(fs);
+	version_move(&of->v, &v);
 	return rc;
 }
 
 static void ofile_free(struct fs *fs, struct ofile *of)
 {
-	free(of->key);
+	version_put(&of->v);
 	if (of->fd >= 0)
 		close(of->fd);
 	if (of->dc)
@@ -1043,11 +1079,10 @@ static void follow_latest(struct fs *fs, struct ofile *of, const char *path)
 {
 	struct wb_job *j = NULL, *old_job = NULL;
 	struct dc_file *dc = NULL, *old_dc = NULL;
+	struct version v = { 0 };
 	struct node *n;
-	struct buf key;
-	char etag[S3_ETAG_MAX] = "", *new_key = NULL;
-	uint64_t size = 0, cgen = 0, gen;
-	int compressed = 0, fd = -1, old_fd = -1, rc = 0;
+	uint64_t cgen = 0, gen;
+	int fd = -1, old_fd = -1, rc = 0;
 
 	/* of->seen moves only once the handle is where it should be: a switch
 	 * that could not be made now is tried again at the next read */
@@ -1087,24 +1122,13 @@ static void follow_latest(struct fs *fs, struct ofile *of, const char *path)
 		UNLOCK(fs);
 		goto out;
 	} else {
-		snprintf(etag, sizeof(etag), "%s", n->etag);
-		size = n->a.size;
-		compressed = n->compressed;
 		cgen = n->cgen;
-		rc = node_key(fs, n, &key);
+		rc = version_of(fs, n, &v);
 		UNLOCK(fs);
-		if (rc == 0 && !(new_key = strdup(buf_str(&key))))
-			rc = -ENOMEM;
 		if (rc == 0)
-			rc = dcache_get(fs->dc, buf_str(&key), etag, size, compressed, &dc);
-		buf_release(&key);
+			rc = version_open(fs, &v, &dc);
 		if (rc < 0)
 			goto out;
-		free(of->key); /* a lazy handle's orphan copy wants this version */
-		of->key = new_key;
-		new_key = NULL;
-		of->size = size;
-		of->compressed = compressed;
 	}
 	old_fd = of->fd;
 	old_dc = of->dc;
@@ -1114,10 +1138,13 @@ static void follow_latest(struct fs *fs, struct ofile *of, const char *path)
 	of->job = j;
 	of->cgen = cgen;
 	of->seen = gen;
-	snprintf(of->etag, sizeof(of->etag), "%s", etag);
+	if (v.key) /* a lazy handle's orphan copy wants this version */
+		version_move(&of->v, &v);
+	else
+		of->v.etag[0] = '\0';
 out:
 	pthread_rwlock_unlock(&of->rw);
-	free(new_key);
+	version_put(&v);
 	let_go(fs, old_fd, old_dc, old_job);
 }
 
@@ -1126,31 +1153,22 @@ out:
  * gone from S3).  Unlocked. */
 static void lazy_reader(struct fs *fs, struct ofile *of, const char *path)
 {
+	struct version v;
 	struct node *n;
-	struct buf key;
-	char *k;
 	int rc = 0;
 
 	pthread_rwlock_wrlock(&of->rw);
 	if (of->lazy && !of->dc && of->fd < 0) {
 		LOCK(fs);
 		n = path ? tree_find(fs, path) : NULL;
-		if (n && !n->kids && n->remote && n->cgen == of->cgen && node_key(fs, n, &key) == 0) {
-			if ((k = strdup(buf_str(&key)))) {
-				free(of->key);
-				of->key = k;
-				snprintf(of->etag, sizeof(of->etag), "%s", n->etag);
-				of->size = n->a.size;
-				of->compressed = n->compressed;
-			}
-			buf_release(&key);
-		}
+		if (n && !n->kids && n->remote && n->cgen == of->cgen && version_of(fs, n, &v) == 0)
+			version_move(&of->v, &v);
 		UNLOCK(fs);
-		rc = dcache_get(fs->dc, of->key, of->etag, of->size, of->compressed, &of->dc);
+		rc = version_open(fs, &of->v, &of->dc);
 	}
 	pthread_rwlock_unlock(&of->rw);
 	if (rc < 0)
-		log_error("cannot read '%s': %s", of->key, strerror(-rc));
+		log_error("cannot read '%s': %s", of->v.key, strerror(-rc));
 }
 
 static int op_read(const char *path, char *buf, size_t size, off_t off,
@@ -1387,13 +1405,13 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 	dj = wb_find(fs->wb, buf_str(&tk));
 	if (dj && wb_in_flight(dj)) {
 		wb_wait_idle(fs->wb, wb_in_flight(dj));
-		rc = -EAGAIN; /* the lock was dropped: start again */
+		rc = RESOLVE_AGAIN;
 		goto out;
 	}
 	/* and any other write of either key (a job's upload under a name it
 	 * was renamed from): none starts until these are back */
 	if (wb_key_wait(fs->wb, buf_str(&tk), 0) || wb_key_wait(fs->wb, buf_str(&fk), 0)) {
-		rc = -EAGAIN;
+		rc = RESOLVE_AGAIN;
 		goto out;
 	}
 	wb_key_begin(fs->wb, buf_str(&tk), "rename's copy");
@@ -1461,7 +1479,7 @@ static int rename_staged(struct fs *fs, struct node *n, struct node *dir, const 
 
 	if (dst && dst->job && dst->job->running) {
 		wb_wait_idle(fs->wb, dst->job);
-		return -EAGAIN; /* the lock was dropped: start again */
+		return RESOLVE_AGAIN;
 	}
 	/* read dst before tree_move frees it */
 	dst_existed = dst != NULL && key_has_object(dst);
@@ -1531,11 +1549,11 @@ static int op_rename(const char *from, const char *to, unsigned int flags)
 			rc = ops_rename_dir(fs, from, to);
 		else if (rc == 0)
 			rc = rename_file(fs, from, to);
-		if (rc != -EAGAIN)
+		if (rc != RESOLVE_AGAIN)
 			break;
 	}
 	UNLOCK(fs);
-	return rc;
+	return rc == RESOLVE_AGAIN ? -EAGAIN : rc; /* kept busy 16 times */
 }
 
 /* --- symlinks, misc ---------------------------------------------------------------- */
