@@ -1425,6 +1425,18 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 		rc = s3_delete(fs->s3, buf_str(&fk));
 	LOCK(fs);
 	ops_rename_purge(fs, from, to, 0, 0); /* the copy may have replaced to */
+	if (rc == 0) {
+		/* what was queued for either key (to's upload, from's chmod) must
+		 * never go out now: cancelled before the keys are free, since the
+		 * tree walk below may drop the lock (a listing once stat_ttl has
+		 * run out) and the dispatcher would start it over the copy */
+		for (int k = 0; k < 2; k++) {
+			struct wb_job *q = wb_find(fs->wb, buf_str(k ? &fk : &tk));
+
+			if (q && !wb_in_flight(q))
+				wb_cancel(fs->wb, q);
+		}
+	}
 	wb_key_end(fs->wb, buf_str(&tk));
 	wb_key_end(fs->wb, buf_str(&fk));
 	if (dj) {

@@ -528,6 +528,42 @@ def test_object_of_an_upload_overtaken_by_a_change_is_removed(s3, bucket, proxy,
         assert get_object(s3, bucket, "r.txt") == b"one\n"
 
 
+def test_rename_over_a_file_waiting_to_upload_cancels_that_upload(s3, bucket, proxy, mount):
+    """b.txt is overwritten and closed (its upload waits writeback_delay)
+    when a.txt is renamed over it.  The rename's copy is held until the
+    upload is due and the directory's listing (stat_ttl=1) is stale, so the
+    rename lists it again after the copy, with the lock dropped.  The
+    upload of the replaced b.txt must never go out: sent after the copy,
+    it would leave the old b.txt's bytes in S3 under a name the mount
+    shows holding a.txt's (`make load` caught this once stat_ttl ran out
+    during its run)."""
+    m = mount(bucket, f"endpoint={proxy.endpoint}", "path_style", "timeout=30",
+              "writeback_delay=1", "stat_ttl=1")
+    (m.path / "a.txt").write_bytes(b"A\n")
+    (m.path / "b.txt").write_bytes(b"B1\n")
+    flush(m)
+    release = threading.Event()
+    rule = proxy.add("hold", op="COPY", key="b.txt", count=1,
+                     fn=lambda req: release.wait(HANG_BOUND))
+    (m.path / "b.txt").write_bytes(b"B2, the replaced file's new bytes\n")
+    t, done = rename_thread(m.path / "a.txt", m.path / "b.txt")
+    try:
+        t.start()
+        wait_for(lambda: rule.hits == 1, timeout=30, what="the rename's copy")
+        time.sleep(2.5)  # the upload falls due, the listing goes stale
+    finally:
+        release.set()
+        t.join(HANG_BOUND)
+    assert done.get("rc") == "ok", done
+    flush(m)
+    time.sleep(1.5)  # an upload started late would land by now
+    flush(m)
+    assert (m.path / "b.txt").read_bytes() == b"A\n"
+    assert [k for k in list_keys(s3, bucket) if not k.endswith("/")] == ["b.txt"]
+    assert get_object(s3, bucket, "b.txt") == b"A\n"
+    assert proxy.count(op="PUT", key="b.txt") == 1, "only the first upload of b.txt"
+
+
 def mount_with_dir(mount, bucket, proxy, name, data):
     """A mount through the proxy with src/NAME uploaded: (mount, src)."""
     m = mount(bucket, f"endpoint={proxy.endpoint}", "path_style", "timeout=30",
