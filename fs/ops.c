@@ -1378,11 +1378,46 @@ static int op_flush(const char *path, struct fuse_file_info *fi)
 /* Rename an uploaded file with no staged data: server-side copy with the
  * destination's headers, then delete.  Locked; drops the lock for the
  * requests; the caller re-resolves. */
+/* After S3 has done a rename: n (from's node, or NULL when it is gone)
+ * moved to the path to, or a new node there of type with default
+ * attributes; *out is NULL when to's directory is gone (the next listing
+ * tells).  A node left at to is replaced.  Looks the tree up without a
+ * listing: the lock is never dropped.  Locked. */
+int ops_renamed_node(struct fs *fs, struct node *n, const char *to, mode_t type,
+		     struct node **dir, struct node **out)
+{
+	const char *name = strrchr(to, '/') + 1;
+	struct node *d, *old;
+	char *pp = strndup(to, name - to > 1 ? (size_t)(name - to - 1) : 1);
+
+	*out = NULL;
+	if (!pp)
+		return -ENOMEM;
+	d = tree_find(fs, pp);
+	free(pp);
+	*dir = d;
+	if (!d || !d->kids)
+		return 0;
+	if (n) {
+		int rc = tree_move(n, d, name);
+
+		if (rc == 0)
+			*out = n;
+		return rc;
+	}
+	if ((old = tree_child(d, name)))
+		tree_remove(old);
+	if (!(*out = tree_add(d, name, type)))
+		return -ENOMEM;
+	(*out)->seen = fs_now(); /* newer than any listing in flight */
+	tree_default_attr(fs, &(*out)->a, type);
+	return 0;
+}
+
 static int rename_remote(struct fs *fs, const char *from, const char *to)
 {
 	struct node *n, *dir, *old_parent;
 	struct wb_job *dj;
-	const char *name;
 	struct buf fk, tk;
 	struct fattr a;
 	char etag[S3_ETAG_MAX];
@@ -1452,29 +1487,35 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 	attrcache_del(fs->ac, buf_str(&fk));
 	meta_deleted(fs, buf_str(&fk));
 	dcache_forget(fs->dc, buf_str(&fk));
-	if (meta_resolve(fs, from, &n) < 0 || meta_resolve_parent(fs, to, &dir, &name) < 0)
-		goto out; /* changed meanwhile: the next listing tells */
-	if (tree_child(dir, name) && tree_child(dir, name)->job)
-		wb_cancel(fs->wb, tree_child(dir, name)->job);
-	if (n->job)
-		wb_cancel(fs->wb, n->job); /* a pending chmod: applied by the copy */
-	old_parent = n->parent;
-	rc = tree_move(n, dir, name);
-	if (rc == 0 && old_parent != dir && wb_keep_dir(fs->wb, old_parent) < 0)
-		log_warn("cannot keep the directory of '%s'", from);
-	if (rc == 0) {
+	{
 		struct ac_entry e;
 
 		memset(&e, 0, sizeof(e));
+		snprintf(e.etag, sizeof(e.etag), "%s", etag);
+		e.rsize = rsize;
+		e.a = a;
+		e.compressed = compressed;
+		attrcache_put(fs->ac, buf_str(&tk), &e);
+	}
+	/* the tree as it is now: a walk by meta_resolve could list (drop the
+	 * lock, and prune from's node: S3 no longer has it), and the new name
+	 * would keep what it showed before, or nothing, until stat_ttl */
+	n = tree_find(fs, from);
+	if (n && n->kids)
+		n = NULL;
+	if (n && n->job)
+		wb_cancel(fs->wb, n->job); /* a pending chmod: applied by the copy */
+	old_parent = n ? n->parent : NULL;
+	rc = ops_renamed_node(fs, n, to, S_IFREG, &dir, &n);
+	if (rc == 0 && n) {
+		if (old_parent && old_parent != dir && wb_keep_dir(fs->wb, old_parent) < 0)
+			log_warn("cannot keep the directory of '%s'", from);
 		snprintf(n->etag, sizeof(n->etag), "%s", etag);
+		n->a = a; /* what the copy carried */
+		n->known = 1;
 		n->rsize = rsize;
 		n->compressed = (unsigned)compressed;
 		n->remote = 1;
-		snprintf(e.etag, sizeof(e.etag), "%s", etag);
-		e.rsize = rsize;
-		e.a = n->a;
-		e.compressed = compressed;
-		attrcache_put(fs->ac, buf_str(&tk), &e);
 	}
 out:
 	buf_release(&fk);
@@ -1526,6 +1567,12 @@ static int rename_file(struct fs *fs, const char *from, const char *to)
 	rc = rc ?: meta_resolve_parent(fs, to, &dir, &name);
 	if (rc < 0)
 		return rc;
+	/* that walk may have dropped the lock (a listing): from's node may be
+	 * gone, or its upload may have started, which must not be renamed
+	 * under it */
+	n = tree_find(fs, from);
+	if (!n || (n->job && (n->job->running || n->job->filling)))
+		return RESOLVE_AGAIN;
 	dst = tree_child(dir, name);
 	if (dst && dst->kids)
 		return -EISDIR;
@@ -1553,6 +1600,8 @@ static int op_rename(const char *from, const char *to, unsigned int flags)
 		rc = rc ?: check_key_len(fs, to, n->kids != NULL);
 		if (rc == 0)
 			rc = meta_resolve_parent(fs, to, &dir, &name);
+		if (rc == 0 && !(n = tree_find(fs, from))) /* listed away meanwhile */
+			rc = RESOLVE_AGAIN;
 		if (rc == 0 && (flags & RENAME_NOREPLACE) && tree_child(dir, name))
 			rc = -EEXIST;
 		if (rc == 0 && strcmp(from, to) == 0)
@@ -1598,7 +1647,8 @@ static int op_symlink(const char *target, const char *path)
 	n->a.gid = fc->gid;
 	n->a.size = tl;
 	n->known = 1;
-	rc = open_write(fs, path, O_TRUNC, &of);
+	/* this node, not a fresh lookup (see op_create) */
+	rc = open_write_node(fs, path, n, O_TRUNC, &of);
 	if (rc == 0 && pwrite(of.fd, target, tl, 0) != (ssize_t)tl)
 		rc = -EIO;
 	if (of.job) {

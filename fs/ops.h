@@ -12,6 +12,11 @@ extern const struct fuse_operations cdnfs_ops;
 /* rename.c: rename a directory and everything under it (fs->lock held;
  * drops it for the requests). */
 int ops_rename_dir(struct fs *fs, const char *from, const char *to) WUR;
+/* After S3 has done a rename: n (from's node, or NULL when a listing
+ * removed it) moved to the path to, or a new node of type there; *out NULL
+ * when to's directory is gone.  Never drops the lock.  Locked. */
+int ops_renamed_node(struct fs *fs, struct node *n, const char *to, mode_t type,
+		     struct node **dir, struct node **out) WUR;
 /* The CDN purges of a rename of from to to (directories when is_dir):
  * call with start 1 before its requests (queued, journaled and held), with
  * start 0 after them whatever they did (queued again in case the first

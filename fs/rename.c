@@ -329,7 +329,6 @@ int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 	struct buf sk, dk;
 	struct htab *staged = NULL;
 	struct blocker_ctx bc;
-	const char *name;
 	int rc = 0, frozen = 0;
 
 	if (strncmp(to, from, strlen(from)) == 0 && to[strlen(from)] == '/')
@@ -374,9 +373,11 @@ int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 		goto out;
 	}
 	meta_deleted(fs, buf_str(&sk)); /* everything under the old name */
-	rc = meta_resolve(fs, from, &n) ?: meta_resolve_parent(fs, to, &dir, &name);
-	rc = rc ?: tree_move(n, dir, name);
-	if (rc == 0) {
+	/* the tree as it is now (ops_renamed_node): a walk that lists could
+	 * prune the old name, which S3 no longer has */
+	n = tree_find(fs, from);
+	rc = ops_renamed_node(fs, n && n->kids ? n : NULL, to, S_IFDIR, &dir, &n);
+	if (rc == 0 && n) {
 		rc = rekey_subtree(fs, n);
 		mark_unlisted(n); /* relist below the new name */
 	}

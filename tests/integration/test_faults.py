@@ -564,6 +564,163 @@ def test_rename_over_a_file_waiting_to_upload_cancels_that_upload(s3, bucket, pr
     assert proxy.count(op="PUT", key="b.txt") == 1, "only the first upload of b.txt"
 
 
+def _levelled_mount(mount, bucket, proxy, ttl):
+    """A mount through the proxy whose root is listed by levels, as a bucket
+    of more than 5,000 keys is: the root's first, recursive listing is
+    answered as unfinished, so a later listing of a directory is of that
+    directory alone."""
+    def unfinished(req, body):
+        n = int(req.query.get("continuation-token", "t0")[1:]) + 1
+        return 200, (
+            '<?xml version="1.0" encoding="UTF-8"?>'
+            '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            f"<Name>{bucket}</Name><Prefix></Prefix><KeyCount>0</KeyCount>"
+            "<MaxKeys>1000</MaxKeys><IsTruncated>true</IsTruncated>"
+            f"<NextContinuationToken>t{n}</NextContinuationToken>"
+            "</ListBucketResult>").encode()
+
+    proxy.add("rewrite", op="LIST", count=5, fn=unfinished,
+              match=lambda req: "delimiter" not in req.query and not req.query.get("prefix"))
+    m = mount(bucket, f"endpoint={proxy.endpoint}", "path_style", "timeout=30",
+              "writeback_delay=1", f"stat_ttl={ttl}")
+    os.listdir(m.path)
+    return m
+
+
+def _rename_while_src_runs_out(m, proxy, src, dst, copy_key, t0, hold_until):
+    """Rename src to dst with the copy of copy_key held until hold_until
+    seconds after t0; the rename's outcome."""
+    release = threading.Event()
+    rule = proxy.add("hold", op="COPY", key=copy_key, count=1,
+                     fn=lambda req: release.wait(HANG_BOUND))
+    t, done = rename_thread(src, dst)
+    try:
+        t.start()
+        wait_for(lambda: rule.hits == 1, timeout=30, what="the rename's copy")
+        time.sleep(max(0.0, hold_until - (time.monotonic() - t0)))
+    finally:
+        release.set()
+        t.join(HANG_BOUND)
+    return done.get("rc")
+
+
+def test_rename_whose_old_directory_is_relisted_meanwhile_shows_the_new_file(
+        s3, bucket, proxy, mount):
+    """src/a.txt is renamed over dst/b.txt while src's listing runs out
+    (stat_ttl=4; the copy is held past it) and dst's does not.  Once S3 has
+    the copy and the delete, the new name must show a.txt's object.  A walk
+    by path after the copy would list src again, find a.txt gone, and leave
+    dst/b.txt with the old file's ETag and size until dst's listing runs
+    out (`make load` with stat_ttl=5: reads of the old size, or ENOENT for
+    a new name)."""
+    m = _levelled_mount(mount, bucket, proxy, 4)
+    t0 = time.monotonic()
+    (m.path / "src").mkdir()
+    (m.path / "src" / "a.txt").write_bytes(b"A" * 100)
+    flush(m)
+    time.sleep(max(0.0, 2.0 - (time.monotonic() - t0)))
+    (m.path / "dst").mkdir()
+    (m.path / "dst" / "b.txt").write_bytes(b"B" * 10)
+    flush(m)
+    rc = _rename_while_src_runs_out(m, proxy, m.path / "src" / "a.txt",
+                                    m.path / "dst" / "b.txt", "dst/b.txt", t0, 4.4)
+    assert rc == "ok", rc
+    assert time.monotonic() - t0 < 5.5, "too slow for dst's listing to be fresh still"
+    etag = s3.head_object(Bucket=bucket, Key="dst/b.txt")["ETag"].strip('"')
+    assert os.getxattr(m.path / "dst" / "b.txt", "user.cdnfs.etag").decode() == etag
+    assert (m.path / "dst" / "b.txt").read_bytes() == b"A" * 100
+    assert os.listdir(m.path / "src") == []
+    assert [k for k in list_keys(s3, bucket) if not k.endswith("/")] == ["dst/b.txt"]
+
+
+def test_directory_rename_whose_old_parent_is_relisted_meanwhile_succeeds(
+        s3, bucket, proxy, mount):
+    """The same for `mv src/sub dst/sub`: S3 has moved everything when the
+    rename looks at the tree again, and src's listing has run out.  The
+    rename must succeed (a walk by path would list src, find sub gone and
+    answer ENOENT for a rename that happened) and show dst/sub at once."""
+    m = _levelled_mount(mount, bucket, proxy, 4)
+    t0 = time.monotonic()
+    (m.path / "src" / "sub").mkdir(parents=True)
+    (m.path / "src" / "sub" / "x.txt").write_bytes(b"X" * 30)
+    flush(m)
+    time.sleep(max(0.0, 2.0 - (time.monotonic() - t0)))
+    (m.path / "dst").mkdir()
+    flush(m)
+    rc = _rename_while_src_runs_out(m, proxy, m.path / "src" / "sub",
+                                    m.path / "dst" / "sub", "dst/sub/x.txt", t0, 4.4)
+    assert rc == "ok", rc
+    assert os.listdir(m.path / "dst" / "sub") == ["x.txt"]
+    assert (m.path / "dst" / "sub" / "x.txt").read_bytes() == b"X" * 30
+    assert os.listdir(m.path / "src") == []
+    assert [k for k in list_keys(s3, bucket) if not k.endswith("/")] == ["dst/sub/x.txt"]
+
+
+def _heads_of_d_armed(proxy):
+    """Every HEAD of d/ answers 404 (d stays unknown, so each walk that
+    ends at d HEADs it with the lock dropped), except the one numbered
+    n["hold"] after n["heads"] is reset, which is held until release."""
+    n = {"heads": -1000, "hold": 3}
+    release = threading.Event()
+
+    def not_held(req):
+        if req.key != "d/":
+            return False
+        n["heads"] += 1
+        return n["heads"] != n["hold"]
+
+    proxy.add("error", method="HEAD", status=404, count=None, match=not_held)
+    proxy.add("hold", method="HEAD", key="d/", count=1,
+              fn=lambda req: release.wait(HANG_BOUND))
+    return n, release
+
+
+def _rename_while_its_upload_starts(m, proxy, n, head_release):
+    """f.txt (staged, its upload due in 1 s) is renamed to d/g.txt.  HEADs
+    of d/: 1 the stat below, 2 op_rename's walk to d, 3 rename_file's walk
+    to d once the upload was found idle: held until f.txt's PUT went out
+    (held as well, then let go)."""
+    put_release = threading.Event()
+    (m.path / "f.txt").write_bytes(b"data\n")
+    put = proxy.add("hold", method="PUT", key="f.txt", count=1,
+                    fn=lambda req: put_release.wait(HANG_BOUND))
+    n["heads"] = 0
+    os.stat(m.path / "d")  # the kernel keeps d for 1 s: no LOOKUP of it
+    t, done = rename_thread(m.path / "f.txt", m.path / "d" / "g.txt")
+    t.start()
+    try:
+        wait_for(lambda: put.hits == 1, timeout=30, what="f.txt's PUT during the rename")
+    finally:
+        head_release.set()
+        t.join(2)
+        put_release.set()
+        t.join(HANG_BOUND)
+    assert done.get("rc") == "ok", (done, n)
+
+
+@pytest.mark.parametrize("barrier", ["flush", "unmount"])
+def test_rename_whose_upload_starts_during_its_walk_leaves_no_old_key(s3, bucket, proxy,
+                                                                      mount, barrier):
+    """f.txt's upload starts while `mv f.txt d/g.txt` walks to d (the walk
+    HEADs d/, with the lock dropped).  The rename must not rekey an upload
+    on its way: that one lands as f.txt, and the DELETE queued once it
+    ends came after the flush's (or the unmount's) snapshot, so f.txt was
+    left in S3 and the unmount exited 1.  It waits for the upload and
+    renames the object instead."""
+    s3.put_object(Bucket=bucket, Key="d/", Body=b"")
+    n, head_release = _heads_of_d_armed(proxy)
+    m = mount(bucket, f"endpoint={proxy.endpoint}", "path_style", "timeout=30",
+              "writeback_delay=1")
+    _rename_while_its_upload_starts(m, proxy, n, head_release)
+    if barrier == "flush":
+        flush(m)
+    else:
+        m.unmount()  # cdnfs must exit 0: nothing left for the next mount
+    assert [k for k in list_keys(s3, bucket) if not k.startswith(".cdnfs-")] == \
+        ["d/", "d/g.txt"]
+    assert get_object(s3, bucket, "d/g.txt") == b"data\n"
+
+
 def mount_with_dir(mount, bucket, proxy, name, data):
     """A mount through the proxy with src/NAME uploaded: (mount, src)."""
     m = mount(bucket, f"endpoint={proxy.endpoint}", "path_style", "timeout=30",

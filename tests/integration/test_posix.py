@@ -726,3 +726,17 @@ def test_rename_while_the_first_write_copies_the_object_in(s3, bucket, mount, pr
     key = "d/b.txt" if what == "file" else "e/a.txt"
     assert get_object(s3, bucket, key) == b"XY" + data[2:]
     assert "d/a.txt" not in list_keys(s3, bucket)
+
+
+def test_symlink_when_every_lookup_lists(s3, bucket, mount):
+    """With stat_ttl=0 every walk lists the directory again, which drops a
+    name with no object and no job: symlink must use the node it just
+    made, as create does, not look the new name up again (ENOENT)."""
+    m = mount(bucket, "stat_ttl=0")
+    os.mkdir(m.path / "d")
+    (m.path / "d" / "f").write_bytes(b"f")
+    os.symlink("f", m.path / "d" / "lnk")
+    assert os.readlink(m.path / "d" / "lnk") == "f"
+    assert (m.path / "d" / "lnk").read_bytes() == b"f"
+    os.setxattr(m.path, "user.cdnfs.flush", b"1")
+    assert s3.get_object(Bucket=bucket, Key="d/lnk")["Body"].read() == b"f"
