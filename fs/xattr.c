@@ -156,7 +156,7 @@ static int set_header(struct fs *fs, const char *path, const struct hdr_attr *h,
 	struct buf key;
 	struct fattr a;
 	struct node *n;
-	int is_dir, remote, rc;
+	int rc;
 
 	if (size >= sizeof(v))
 		return -E2BIG;
@@ -166,22 +166,43 @@ static int set_header(struct fs *fs, const char *path, const struct hdr_attr *h,
 		if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f)
 			return -EINVAL; /* no header injection */
 	buf_init(&key, 8192);
-	rc = lookup(fs, path, &key, &a, &is_dir, &remote);
-	if (rc == 0 && (is_dir || !remote))
-		rc = is_dir ? -EISDIR : -EAGAIN; /* not uploaded yet: flush first */
-	if (rc == 0) {
+	pthread_mutex_lock(&fs->lock);
+	for (int tries = 0;; tries++) {
+		buf_reset(&key);
+		rc = meta_resolve(fs, path, &n);
+		if (rc == 0 && n->kids)
+			rc = -EISDIR;
+		if (rc < 0)
+			break;
+		/* a change of the file still to go up (new bytes, a chmod) goes
+		 * first: sent after the header, a new upload would replace it
+		 * with the rule's.  Then look again: the lock was dropped */
+		if (n->job && tries < 3) {
+			rc = wb_sync(fs->wb, n->job);
+			if (rc < 0)
+				break;
+			continue;
+		}
+		if (!n->remote) {
+			rc = -EAGAIN; /* not uploaded yet: flush first */
+			break;
+		}
+		a = n->a;
+		rc = tree_key(fs, n, 0, &key);
 		/* no other write of the key on its way meanwhile: a chmod's
 		 * copy started before this one would land after it, with the
-		 * old header */
-		pthread_mutex_lock(&fs->lock);
-		wb_key_wait(fs->wb, buf_str(&key), 0);
+		 * old header; once one was waited for, look again */
+		if (rc < 0 || !wb_key_wait(fs->wb, buf_str(&key), 0))
+			break;
+	}
+	if (rc == 0) {
 		wb_key_begin(fs->wb, buf_str(&key), "header change");
 		pthread_mutex_unlock(&fs->lock);
 		rc = wb_set_header(fs->wb, buf_str(&key), &a, h->header, v, etag);
 		pthread_mutex_lock(&fs->lock);
 		wb_key_end(fs->wb, buf_str(&key));
-		pthread_mutex_unlock(&fs->lock);
 	}
+	pthread_mutex_unlock(&fs->lock);
 	if (rc == 0) {
 		pthread_mutex_lock(&fs->lock);
 		if (meta_resolve(fs, path, &n) == 0 && !n->job)

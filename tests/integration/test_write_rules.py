@@ -409,3 +409,32 @@ def test_rename_into_rule_prefix_with_config(s3, bucket, mount, tmp_path, rgw):
     assert os.stat(m2.path / "assets" / "notes.txt").st_size == len(data)
     assert h.get("ContentEncoding") == "br", \
         "a fresh write of assets/notes.txt is stored with br"
+
+
+def test_header_set_right_after_a_rewrite_lands_on_the_new_bytes(s3, bucket, mount):
+    """`setfattr -n user.cdnfs.cache_control` on a file whose new bytes
+    still wait for their upload: the new upload goes first and the header
+    is set on it.  Set on the old object instead, the upload that followed
+    replaced it with the rule's header, and setfattr had said yes."""
+    m = mount(bucket, "writeback_delay=2")
+    f = m.path / "f.txt"
+    f.write_bytes(b"one\n")
+    flush(m)
+    f.write_bytes(b"two, pending\n")  # its PUT is due in 2 s
+    os.setxattr(f, "user.cdnfs.cache_control", b"no-store")
+    flush(m)
+    h = head(s3, bucket, "f.txt")
+    assert body(s3, bucket, "f.txt") == b"two, pending\n"
+    assert h.get("CacheControl") == "no-store", h
+    assert os.getxattr(f, "user.cdnfs.cache_control") == b"no-store"
+
+
+def test_header_set_on_a_file_not_uploaded_yet(s3, bucket, mount):
+    """A new file whose first upload still waits: it goes up, then the
+    header is set on it (setfattr used to answer EAGAIN: flush first)."""
+    m = mount(bucket, "writeback_delay=5")
+    f = m.path / "new.txt"
+    f.write_bytes(b"new\n")
+    os.setxattr(f, "user.cdnfs.cache_control", b"max-age=7")
+    assert head(s3, bucket, "new.txt").get("CacheControl") == "max-age=7"
+    assert body(s3, bucket, "new.txt") == b"new\n"
