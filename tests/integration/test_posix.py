@@ -740,3 +740,22 @@ def test_symlink_when_every_lookup_lists(s3, bucket, mount):
     assert (m.path / "d" / "lnk").read_bytes() == b"f"
     os.setxattr(m.path, "user.cdnfs.flush", b"1")
     assert s3.get_object(Bucket=bucket, Key="d/lnk")["Body"].read() == b"f"
+
+
+def test_directory_renamed_over_a_new_empty_one_keeps_its_mode(s3, bucket, mount):
+    """`mkdir dst; mv src dst` while dst's marker still waits to go up: the
+    moved directory's marker (mode 0750) must stay; sent after the copies,
+    the replaced one's (0711) took its place in S3."""
+    m = mount(bucket, "writeback_delay=2")
+    (m.path / "src").mkdir(mode=0o750)
+    (m.path / "src" / "f").write_bytes(b"f")
+    os.setxattr(m.path, "user.cdnfs.flush", b"1")
+    (m.path / "dst").mkdir(mode=0o711)  # its marker's PUT waits 2 s
+    os.rename(m.path / "src", m.path / "dst")
+    os.setxattr(m.path, "user.cdnfs.flush", b"1")
+    time.sleep(2.5)  # a marker PUT left queued would have gone by now
+    os.setxattr(m.path, "user.cdnfs.flush", b"1")
+    mode = s3.head_object(Bucket=bucket, Key="dst/")["Metadata"].get("mode")
+    assert int(mode) & 0o7777 == 0o750, oct(int(mode))
+    assert os.stat(m.path / "dst").st_mode & 0o7777 == 0o750
+    assert s3.get_object(Bucket=bucket, Key="dst/f")["Body"].read() == b"f"
