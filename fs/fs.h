@@ -101,6 +101,7 @@ struct node {
 	double listed;           /* dirs: when the listing completed (monotonic), 0 never */
 	double seen;             /* when S3 last confirmed this node (monotonic) */
 	int listing;             /* dirs: a listing is running */
+	int pins;                /* threads that use it across a lock drop: never pruned */
 	int listed_big;          /* dirs: too big for a recursive listing */
 	struct wb_job *job;      /* pending write-back for this key, or NULL */
 	uint64_t kc_hash;        /* hash of the ETag the kernel's page cache holds, 0 none */

@@ -342,7 +342,7 @@ static int pinned_cb(const char *k, void *v, void *arg)
 
 static int pinned(struct node *n)
 {
-	if (n->job)
+	if (n->job || n->pins)
 		return 1;
 	return n->kids ? htab_foreach(n->kids, pinned_cb, NULL) : 0;
 }
@@ -465,6 +465,7 @@ static int list_dir(struct fs *fs, struct node *dir)
 	if (rc < 0)
 		return rc;
 	dir->listing = 1;
+	dir->pins++; /* another listing may not show it: dir stays meanwhile */
 	fs->listings++;
 	pthread_mutex_unlock(&fs->lock);
 	rc = fetch_listing(fs, buf_str(&prefix), recursive, recursive ? RECURSIVE_PAGES : 0, &l);
@@ -476,6 +477,7 @@ static int list_dir(struct fs *fs, struct node *dir)
 	if (rc == 0 && dir == fs->root)
 		aidx_listed(fs, l.pages, l.npages);
 	pthread_mutex_lock(&fs->lock);
+	dir->pins--;
 	dir->listing = 0;
 	if (!recursive)
 		dir->listed_big = 1;
@@ -596,6 +598,7 @@ int meta_ensure_attrs(struct fs *fs, struct node *dir)
 	pthread_mutex_init(&hb.lock, NULL);
 	pthread_cond_init(&hb.cond, NULL);
 	hb.left = (int)cc.n;
+	dir->pins++;
 	pthread_mutex_unlock(&fs->lock);
 	for (size_t i = 0; i < cc.n; i++) {
 		cc.jobs[i].batch = &hb;
@@ -607,6 +610,7 @@ int meta_ensure_attrs(struct fs *fs, struct node *dir)
 		pthread_cond_wait(&hb.cond, &hb.lock);
 	pthread_mutex_unlock(&hb.lock);
 	pthread_mutex_lock(&fs->lock);
+	dir->pins--;
 	apply_heads(fs, dir, &cc);
 	pthread_mutex_destroy(&hb.lock);
 	pthread_cond_destroy(&hb.cond);
@@ -625,8 +629,11 @@ int meta_ensure_listed(struct fs *fs, struct node *dir, int with_attrs)
 {
 	int rc = 0;
 
-	while (dir->listing)
+	while (dir->listing) {
+		dir->pins++;
 		pthread_cond_wait(&fs->cond, &fs->lock);
+		dir->pins--;
+	}
 	if (!fresh(fs, dir))
 		rc = list_dir(fs, dir);
 	if (rc == 0 && with_attrs && dir->kids)

@@ -335,7 +335,10 @@ int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 		return -EINVAL; /* into itself */
 	buf_init(&sk, 8192);
 	buf_init(&dk, 8192);
-	rc = meta_resolve(fs, from, &n) ?: check_dst(fs, to) ?: tree_key(fs, n, 1, &sk);
+	rc = meta_resolve(fs, from, &n) ?: check_dst(fs, to);
+	if (rc == 0 && !(n = tree_find(fs, from))) /* check_dst may list */
+		rc = -ENOENT;
+	rc = rc ?: tree_key(fs, n, 1, &sk);
 	rc = rc ?: buf_addf(&dk, "%s%s/", fs->conf.prefix, to + 1);
 	/* under the old name, and under the new one: DELETEs of a directory
 	 * removed a moment ago (rm -r dst; mv src dst) must not run after the
