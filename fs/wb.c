@@ -1872,6 +1872,20 @@ static void job_run(void *arg)
 	j->gen_done = s.gen;
 	j->last_err = rc;
 	if (rc < 0) {
+		if (s.kind == WB_PUT && !j->cancelled) {
+			/* a PUT that failed may have been applied all the same (a
+			 * timeout or a 5xx after the body went out): the key may hold
+			 * an object, which an unlink or rename before the next try
+			 * must delete (a DELETE of no object costs one request) */
+			if (strcmp(j->key, s.key) != 0) {
+				if (!htab_get(wb->jobs, s.key) && wb_delete(wb, s.key) < 0)
+					log_error("cannot queue the delete of '%s'", s.key);
+			} else if (!j->existed) {
+				j->existed = 1;
+				if (j->journaled)
+					journal_write(wb, j);
+			}
+		}
 		j->due = fs_now() + backoff(j->tries);
 		wb->n_failed++;
 		log_error("cannot %s '%s': %s (retrying in %.0f s)",

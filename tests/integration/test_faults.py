@@ -721,6 +721,33 @@ def test_rename_whose_upload_starts_during_its_walk_leaves_no_old_key(s3, bucket
     assert get_object(s3, bucket, "d/g.txt") == b"data\n"
 
 
+@pytest.mark.parametrize("then", ["unlink", "rename"])
+def test_upload_that_failed_after_the_server_applied_it_leaves_no_object(
+        s3, bucket, proxy, mount, then):
+    """Every try of f.txt's first upload reaches the server and is answered
+    500: the upload failed for cdnfs, while S3 has f.txt.  Unlinked (or
+    renamed) before the next try, f.txt must not stay in S3: after a failed
+    PUT the key may hold an object, which the unlink or rename deletes."""
+    m = mount(bucket, f"endpoint={proxy.endpoint}", "path_style", "timeout=30",
+              "writeback_delay=0.2")
+    rule = proxy.add("error", method="PUT", key="f.txt", status=500, forward=True,
+                     count=None)
+    (m.path / "f.txt").write_bytes(b"applied anyway\n")
+    wait_for(lambda: "cannot upload 'f.txt'" in m.read_log(), timeout=60,
+             what="the upload to fail")
+    assert etag_of(s3, bucket, "f.txt") is not None, "the server has f.txt"
+    if then == "unlink":
+        os.unlink(m.path / "f.txt")
+    else:
+        os.rename(m.path / "f.txt", m.path / "g.txt")
+    proxy.clear()
+    flush(m)
+    keys = [k for k in list_keys(s3, bucket) if not k.startswith(".cdnfs-")]
+    assert keys == ([] if then == "unlink" else ["g.txt"]), (keys, rule.hits)
+    if then == "rename":
+        assert get_object(s3, bucket, "g.txt") == b"applied anyway\n"
+
+
 def mount_with_dir(mount, bucket, proxy, name, data):
     """A mount through the proxy with src/NAME uploaded: (mount, src)."""
     m = mount(bucket, f"endpoint={proxy.endpoint}", "path_style", "timeout=30",
