@@ -1375,9 +1375,6 @@ static int op_flush(const char *path, struct fuse_file_info *fi)
 
 /* --- rename ---------------------------------------------------------------------- */
 
-/* Rename an uploaded file with no staged data: server-side copy with the
- * destination's headers, then delete.  Locked; drops the lock for the
- * requests; the caller re-resolves. */
 /* After S3 has done a rename: n (from's node, or NULL when it is gone)
  * moved to the path to, or a new node there of type with default
  * attributes; *out is NULL when to's directory is gone (the next listing
@@ -1414,6 +1411,9 @@ int ops_renamed_node(struct fs *fs, struct node *n, const char *to, mode_t type,
 	return 0;
 }
 
+/* Rename an uploaded file with no staged data: server-side copy with the
+ * destination's headers, then delete.  Locked; drops the lock for the
+ * requests; the caller re-resolves. */
 static int rename_remote(struct fs *fs, const char *from, const char *to)
 {
 	struct node *n, *dir, *old_parent;
