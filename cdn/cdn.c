@@ -1206,11 +1206,13 @@ static int expand_head(struct cdn *cdn, void *arg)
 		t[n] = (struct cdn_target){ hk[n] + 1, g->is_dir };
 		n++;
 	}
-	pc = (struct cdn_plan_conf){ cdn->api.provider, cdn->prefix, cdn->domain, 0, 0, 0, 0 };
-	pc.max_paths = cdn->api.provider == CDN_CLOUDFLARE ? cdn->cfl_batch : CDN_CF_MAX_PATHS;
-	pc.max_wild = cdn->api.provider == CDN_CLOUDFRONT ? CDN_CF_MAX_WILD
-			: cdn->cfl_batch < CDN_CFL_MAX_PREFIXES ? cdn->cfl_batch
-								  : CDN_CFL_MAX_PREFIXES;
+	plan_conf(cdn, &pc);
+	pc.collapse_min = 0; /* no wildcards made of files */
+	pc.max_batches = 0;
+	if (cdn->api.provider == CDN_CLOUDFRONT) { /* the in-progress budget: on_busy */
+		pc.max_paths = CDN_CF_MAX_PATHS;
+		pc.max_wild = CDN_CF_MAX_WILD;
+	}
 	if (rc == 0 && n)
 		rc = cdn_plan_make(&pc, t, n, &plan);
 	if (rc == 0 && plan.nleft)

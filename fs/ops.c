@@ -1465,20 +1465,13 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 		 * never go out now: cancelled before the keys are free, since the
 		 * tree walk below may drop the lock (a listing once stat_ttl has
 		 * run out) and the dispatcher would start it over the copy */
-		for (int k = 0; k < 2; k++) {
-			struct wb_job *q = wb_find(fs->wb, buf_str(k ? &fk : &tk));
-
-			if (q && !wb_in_flight(q))
-				wb_cancel(fs->wb, q);
-		}
+		wb_cancel_queued(fs->wb, buf_str(&tk));
+		wb_cancel_queued(fs->wb, buf_str(&fk));
 	}
 	wb_key_end(fs->wb, buf_str(&tk));
 	wb_key_end(fs->wb, buf_str(&fk));
-	if (dj) {
-		if (rc == 0 && !dj->cancelled && dj->kind == WB_DELETE)
-			wb_cancel(fs->wb, dj);
+	if (dj)
 		wb_unref(fs->wb, dj);
-	}
 	if (rc < 0) {
 		log_error("cannot rename '%s' to '%s': %s", buf_str(&fk), buf_str(&tk),
 			  strerror(-rc));

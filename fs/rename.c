@@ -376,15 +376,9 @@ int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 		goto out;
 	}
 	meta_deleted(fs, buf_str(&sk)); /* everything under the old name */
-	{
-		/* the replaced empty directory's marker, still queued (frozen):
-		 * sent after the copies, it would put its mode over the one the
-		 * moved directory's marker carried */
-		struct wb_job *q = wb_find(fs->wb, buf_str(&dk));
-
-		if (q && !wb_in_flight(q))
-			wb_cancel(fs->wb, q);
-	}
+	/* the replaced empty directory's marker, still queued (frozen): sent
+	 * after the copies, it would put its mode over the moved one's */
+	wb_cancel_queued(fs->wb, buf_str(&dk));
 	/* the tree as it is now (ops_renamed_node): a walk that lists could
 	 * prune the old name, which S3 no longer has */
 	n = tree_find(fs, from);

@@ -638,6 +638,14 @@ void wb_cancel(struct wb *wb, struct wb_job *j)
 	wb_unref(wb, j);
 }
 
+void wb_cancel_queued(struct wb *wb, const char *key)
+{
+	struct wb_job *j = wb_find(wb, key);
+
+	if (j && !wb_in_flight(j))
+		wb_cancel(wb, j);
+}
+
 int wb_rekey(struct wb *wb, struct wb_job *j, const char *key)
 {
 	char *nk = strdup(key);

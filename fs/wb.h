@@ -122,6 +122,9 @@ void wb_journal_now(struct wb *wb, struct wb_job *j);
 void wb_touch(struct wb *wb, struct wb_job *j);
 /* Drop the job (file removed before upload): data and journal deleted. */
 void wb_cancel(struct wb *wb, struct wb_job *j);
+/* Cancel the job of key unless it is on its way: what a request that
+ * replaced the key (a rename's copy) made obsolete.  Locked. */
+void wb_cancel_queued(struct wb *wb, const char *key);
 /* Move a pending job to another key (rename before upload). */
 int wb_rekey(struct wb *wb, struct wb_job *j, const char *key) WUR;
 /* Wait until no attempt of j is running.  May drop fs->lock. */
