@@ -739,6 +739,7 @@ int wb_foreach(struct wb *wb, int (*fn)(struct wb_job *j, void *arg), void *arg)
 struct snap_ctx {
 	struct wb_job **v;
 	size_t n, cap;
+	uint64_t from; /* snap_derived_cb: jobs queued at this seq or later */
 };
 
 static int snap_cb(const char *k, void *val, void *arg)
@@ -775,24 +776,45 @@ static void wait_writers(struct wb *wb, struct snap_ctx *sc)
 			;
 }
 
+/* snap_cb for the DELETEs job_run derived from the last round's uploads */
+static int snap_derived_cb(const char *k, void *val, void *arg)
+{
+	struct snap_ctx *sc = arg;
+	struct wb_job *j = val;
+
+	return j->derived && j->seq >= sc->from ? snap_cb(k, val, arg) : 0;
+}
+
 int wb_sync_all(struct wb *wb)
 {
 	struct snap_ctx sc = { 0 };
+	uint64_t from = wb->next_seq;
 	int rc = 0;
 
 	htab_foreach(wb->jobs, snap_cb, &sc);
 	wait_writers(wb, &sc);
-	for (size_t i = 0; i < sc.n; i++)
-		if (sc.v[i]->writers == 0)
-			sc.v[i]->due = 0; /* never a file still open: it is not done */
-	pthread_cond_signal(&wb->cond);
-	for (size_t i = 0; i < sc.n; i++) {
-		int r = sc.v[i]->writers ? 0 : wb_sync(wb, sc.v[i]);
+	/* an upload rekeyed on its way queues its old name's DELETE when it
+	 * ends: the next round waits for those (bounded: a round's DELETEs
+	 * derive nothing) */
+	for (int round = 0; sc.n > 0 && round < 3; round++) {
+		for (size_t i = 0; i < sc.n; i++)
+			if (sc.v[i]->writers == 0)
+				sc.v[i]->due = 0; /* never a file still open: not done */
+		pthread_cond_signal(&wb->cond);
+		for (size_t i = 0; i < sc.n; i++) {
+			int r = sc.v[i]->writers ? 0 : wb_sync(wb, sc.v[i]);
 
-		if (r < 0)
-			rc = r;
-		wb_unref(wb, sc.v[i]);
+			if (r < 0)
+				rc = r;
+			wb_unref(wb, sc.v[i]);
+		}
+		sc.n = 0;
+		sc.from = from;
+		from = wb->next_seq;
+		htab_foreach(wb->jobs, snap_derived_cb, &sc);
 	}
+	for (size_t i = 0; i < sc.n; i++)
+		wb_unref(wb, sc.v[i]);
 	free(sc.v);
 	return rc;
 }
@@ -1835,6 +1857,23 @@ int wb_keep_dir(struct wb *wb, struct node *dir)
 	return rc;
 }
 
+/* An upload that was rekeyed while it ran (renamed on its way) left its bytes,
+ * or may have (a failed PUT), under its old name: queue that key's DELETE,
+ * marked derived so that a wb_sync_all under way waits for it too.  Locked. */
+static void delete_old_name(struct wb *wb, const char *key)
+{
+	struct wb_job *d;
+
+	if (htab_get(wb->jobs, key))
+		return; /* a job of the key (a new file there) replaces the object */
+	if (wb_delete(wb, key) < 0) {
+		log_error("cannot queue the delete of '%s'", key);
+		return;
+	}
+	if ((d = htab_get(wb->jobs, key)))
+		d->derived = 1;
+}
+
 static void job_run(void *arg)
 {
 	struct wb_job *j = arg;
@@ -1886,8 +1925,7 @@ static void job_run(void *arg)
 			 * an object, which an unlink or rename before the next try
 			 * must delete (a DELETE of no object costs one request) */
 			if (strcmp(j->key, s.key) != 0) {
-				if (!htab_get(wb->jobs, s.key) && wb_delete(wb, s.key) < 0)
-					log_error("cannot queue the delete of '%s'", s.key);
+				delete_old_name(wb, s.key);
 			} else if (!j->existed) {
 				j->existed = 1;
 				if (j->journaled)
@@ -1924,8 +1962,7 @@ static void job_run(void *arg)
 		}
 	} else if (!j->cancelled && strcmp(j->key, s.key) != 0 && s.kind == WB_PUT) {
 		/* renamed while uploading: the old name must go */
-		if (!htab_get(wb->jobs, s.key) && wb_delete(wb, s.key) < 0)
-			log_error("cannot queue the delete of '%s'", s.key);
+		delete_old_name(wb, s.key);
 	}
 	pthread_cond_broadcast(&fs->cond);
 	if (strcmp(j->key, s.key) != 0)

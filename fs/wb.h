@@ -71,6 +71,8 @@ struct wb_job {
 	int jfile;            /* a SEQ.job file may exist (unlinked when jx takes over) */
 	int syncing;          /* callers waiting in wb_sync: a change keeps it due */
 	int filling;          /* the staged copy is being filled from S3 (ops.c) */
+	int derived;          /* a DELETE job_run queued for an upload's old name:
+			       * a flush that synced the upload waits for it too */
 	size_t jlen;          /* its length */
 	uint64_t jsum;        /* hash of its text: an unchanged entry is not rewritten */
 };
