@@ -5,7 +5,7 @@
 #                     libFuzzer's coverage instrumentation)
 #   make fuzz         run each target FUZZ_SECONDS (default 300) from its seed
 #                     corpus; crashes are written to build-fuzz/crashes/
-#   make fuzz-short   the same, 15 s each (what make check runs, through
+#   make fuzz-short   the same, 6 s each (what make check runs, through
 #                     tests/integration/test_fuzz.py)
 #
 # Needs clang and libclang-rt-14-dev (Debian 12), see tests/deps.sh.  The
@@ -44,4 +44,4 @@ fuzz: fuzz-build
 	tests/fuzz/run $(FUZZ_SECONDS) $(FUZZ_BIN)
 
 fuzz-short: fuzz-build
-	tests/fuzz/run 15 $(FUZZ_BIN)
+	tests/fuzz/run 6 $(FUZZ_BIN)

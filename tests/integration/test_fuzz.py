@@ -3,12 +3,12 @@
 
 One test per target: build everything with `make fuzz-build` (clang with
 libFuzzer, ASan and UBSan; a missing clang FAILS the tests, it is never a
-skip), run the target through tests/fuzz/run for FUZZ_SHORT_SECONDS (15)
+skip), run the target through tests/fuzz/run for FUZZ_SHORT_SECONDS (6)
 from its seed corpus, and require exit 0 and no new crash artifact in
 build-fuzz/crashes/.  The number of executions is printed (pytest -s or
 the captured output of a failure) and must show that fuzzing ran.
 
-About 15 s a target plus the build (about 40 s from scratch on 2 cores).
+About 6 s a target plus the build (about 40 s from scratch on 2 cores).
 """
 
 import os
@@ -22,7 +22,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 FUZZ_DIR = REPO / "tests" / "fuzz"
 TARGETS = sorted(p.stem for p in FUZZ_DIR.glob("fuzz_*.c"))
-SECONDS = int(os.environ.get("FUZZ_SHORT_SECONDS", "15"))
+SECONDS = int(os.environ.get("FUZZ_SHORT_SECONDS", "6"))
 CRASHES = REPO / "build-fuzz" / "crashes"
 
 

@@ -679,7 +679,7 @@ def proxy(s3server):
 
 
 @pytest.mark.parametrize("what", ["file", "directory"])
-def test_rename_while_the_first_write_copies_the_object_in(s3, bucket, mount, proxy, what):
+def test_rename_while_the_first_write_copies_the_object_in(s3, bucket, proxy, mount, what):
     """Local filesystem: a write through a handle and a rename of the file
     (or of its directory) at the same moment both take effect.  cdnfs: the
     first write through a handle on an uploaded object copies the object in

@@ -265,7 +265,7 @@ def tls_proxy(s3server, tmp_path):
     p.stop()
 
 
-def test_tls_verified_by_default_insecure_warns(s3, bucket, mount, tls_proxy):
+def test_tls_verified_by_default_insecure_warns(s3, bucket, tls_proxy, mount):
     s3.put_object(Bucket=bucket, Key="media/a.txt", Body=b"through tls")
     r = mount.fail(bucket, f"endpoint={tls_proxy.endpoint}")
     assert r.returncode != 0 and not r.mounted, r

@@ -446,7 +446,10 @@ def test_collectstatic_manifest(s3, bucket, mount, rgw, tmp_path):
         any(manifest[p].split("/")[-1] in hashed_css for p in proj.assets
             if p.startswith("assets/css/components/")), hashed_css[:600]
 
-    m = mount(bucket)
+    # writeback_delay=5: the re-run's delete+save of a file must fold into
+    # one upload also when a loaded machine stretches the gap between them
+    # past the default second (the flushes make the uploads go at once)
+    m = mount(bucket, "writeback_delay=5")
     root = m.path / "static"
     with RawWindow(rgw, bucket) as w:
         proj.collectstatic(root, storage=MANIFEST)
@@ -982,7 +985,7 @@ def test_deploy_flush_right_after_close(s3, bucket, mount, rgw, tmp_path):
     race still does not show in every round (test_flush_leaves_open_files_alone
     shows its cause every time)."""
     NF, ROUNDS = 200, 4
-    m = mount(bucket, "writeback_delay=2")
+    m = mount(bucket, "writeback_delay=1")
     os.mkdir(m.path / "media")
     report("max_background:", set_max_background(m.path, 1))
     problems = []
@@ -1003,7 +1006,7 @@ def test_deploy_flush_right_after_close(s3, bucket, mount, rgw, tmp_path):
         with RawWindow(rgw, bucket) as w:  # from the flush's return on
             pending = status(m)["pending_uploads"]
             got = stored_lengths(s3, bucket, f"media/r{rnd}/")
-            time.sleep(3)  # > writeback_delay
+            time.sleep(1.5)  # > writeback_delay
         missing = sorted(k for k in want if k not in got)
         later = [r.line for r in w.writes()]
         report(f"round {rnd}: after setfattr returned: {len(missing)} of {NF} files "
