@@ -82,6 +82,7 @@
 #define DC_META_MAGIC "cdnfs-dcache 1"
 #define DC_MAX_GEN 1000           /* copies of one key open at once, at most */
 #define DC_META_MAX ((size_t)64 << 20)
+#define DC_SIZE_MAX ((uint64_t)5 << 40) /* S3's largest object */
 
 struct dc_entry {
 	struct dc_entry *prev, *next; /* dc->lru when indexed, dc->doomed when doomed */
@@ -690,8 +691,12 @@ static int entry_open(struct dcache *dc, struct dc_entry *e, int trunc)
 {
 	int fd;
 
-	if (trunc)
+	if (trunc) {
 		(void)unlink_quiet(e->meta); /* before the data: never a stale claim */
+		/* a new inode, never the old one truncated: it may be an adopted
+		 * staged file that a handle still reads through its own fd */
+		(void)unlink_quiet(e->path);
+	}
 	fd = open_data(dc, e, trunc);
 	if (fd < 0)
 		log_warn("cannot open cache file '%s': %s", e->path, strerror(-fd));
@@ -1019,6 +1024,8 @@ ssize_t dcache_read(struct dc_file *f, char *buf, size_t len, uint64_t off)
 	else
 		dc->st.hits++;
 	pthread_mutex_unlock(&dc->lock);
+	if (rc == -ENOENT)
+		return -EIO; /* the object is gone from S3: not "no such file" */
 	if (rc < 0)
 		return rc;
 	return pread_full(e->fd, buf, (size_t)(end - off), off);
@@ -1247,8 +1254,12 @@ static int meta_parse(struct dcache *dc, struct dc_entry *e, char *text)
 		return rc;
 	present = meta_field(&p, "present");
 	key = meta_key(p);
-	if (!etag || !present || !key || key_hash(key, hash) < 0 ||
-	    strcmp(hash, e->hash) != 0 || !(e->key = strdup(key)))
+	/* the bitmap's length must match the size before anything is sized
+	 * by it: a damaged size costs a refetch, never the mount */
+	if (!etag || !present || size > DC_SIZE_MAX ||
+	    strlen(present) != 2 * map_bytes(size ? (size - 1) / chunk + 1 : 0) ||
+	    !key || key_hash(key, hash) < 0 || strcmp(hash, e->hash) != 0 ||
+	    !(e->key = strdup(key)))
 		return rc;
 	rc = entry_set_version(dc, e, etag, size, (int)comp);
 	if (rc == 0)

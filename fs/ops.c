@@ -1375,11 +1375,31 @@ static int op_flush(const char *path, struct fuse_file_info *fi)
 
 /* --- rename ---------------------------------------------------------------------- */
 
+static int moved_cb(const char *k, void *v, void *arg);
+
+/* n and everything under it now read from other keys: open handles on them
+ * look again (follow_latest), since the old keys are gone from S3 (a part
+ * not read yet would be a GET of a deleted object).  Locked. */
+static void data_moved(struct fs *fs, struct node *n)
+{
+	n->cgen = fs->cgen;
+	if (n->kids)
+		htab_foreach(n->kids, moved_cb, fs);
+}
+
+static int moved_cb(const char *k, void *v, void *arg)
+{
+	(void)k;
+	data_moved(arg, v);
+	return 0;
+}
+
 /* After S3 has done a rename: n (from's node, or NULL when it is gone)
  * moved to the path to, or a new node there of type with default
  * attributes; *out is NULL when to's directory is gone (the next listing
- * tells).  A node left at to is replaced.  Looks the tree up without a
- * listing: the lock is never dropped.  Locked. */
+ * tells).  A node left at to is replaced.  Handles open on what moved read
+ * the rest from the new keys.  Looks the tree up without a listing: the
+ * lock is never dropped.  Locked. */
 int ops_renamed_node(struct fs *fs, struct node *n, const char *to, mode_t type,
 		     struct node **dir, struct node **out)
 {
@@ -1398,8 +1418,11 @@ int ops_renamed_node(struct fs *fs, struct node *n, const char *to, mode_t type,
 	if (n) {
 		int rc = tree_move(n, d, name);
 
-		if (rc == 0)
+		if (rc == 0) {
 			*out = n;
+			content_changed(fs, NULL);
+			data_moved(fs, n);
+		}
 		return rc;
 	}
 	if ((old = tree_child(d, name)))
@@ -1408,6 +1431,7 @@ int ops_renamed_node(struct fs *fs, struct node *n, const char *to, mode_t type,
 		return -ENOMEM;
 	(*out)->seen = fs_now(); /* newer than any listing in flight */
 	tree_default_attr(fs, &(*out)->a, type);
+	content_changed(fs, *out);
 	return 0;
 }
 

@@ -443,3 +443,131 @@ def test_read_only(s3, bucket, mount, rgw):
     assert keys == sorted(objs)
     assert s3.get_object(Bucket=bucket, Key="f")["Body"].read() == b"data"
     assert read_file(p / "f") == b"data"
+
+
+# ------------------------------------------- open handles and the read cache --
+
+def flush(m):
+    os.setxattr(m.path, "user.cdnfs.flush", b"1")
+
+
+def uncached_read(fd, size):
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    got = b""
+    while len(got) < size:
+        piece = os.pread(fd, size - len(got), len(got))
+        if not piece:
+            break
+        got += piece
+    return got
+
+
+def test_reader_of_an_uploaded_file_keeps_its_bytes_when_the_object_changes(s3, bucket, mount):
+    """A handle opened while the file's upload was pending reads the staged
+    file; the upload makes that very file the cached copy.  When the object
+    then changes in S3 and another handle opens the new version, the cache
+    must fetch it into a new file, never truncate and refill the one the
+    first handle still reads (it read 0 bytes, then the new version)."""
+    size = 3 * MiB
+    a, b = random_bytes(size, seed=1), random_bytes(size, seed=2)
+    m = mount(bucket, "stat_ttl=1", "writeback_delay=2", "read_chunk=1M")
+    p = m.path / "f.bin"
+    with open(p, "wb") as f:
+        f.write(a)
+    r = os.open(p, os.O_RDONLY)  # upload pending: reads the staged file
+    try:
+        flush(m)
+        assert s3.get_object(Bucket=bucket, Key="f.bin")["Body"].read() == a
+        s3.put_object(Bucket=bucket, Key="f.bin", Body=b)
+        time.sleep(1.5)  # > stat_ttl: the next lookup sees the new ETag
+        os.listdir(m.path)
+        r2 = os.open(p, os.O_RDONLY)
+        try:
+            # the two handles share the inode's page cache (README, "What
+            # differs from a local filesystem"): drop it before each read,
+            # so each read shows what cdnfs serves that handle
+            got_r = uncached_read(r, size)
+            got_r2 = uncached_read(r2, size)
+            got_r_after = uncached_read(r, size)
+        finally:
+            os.close(r2)
+    finally:
+        os.close(r)
+    assert got_r2 == b, f"the new handle read {len(got_r2)} bytes, not the new version"
+    assert got_r == a, f"the old handle read {len(got_r)} bytes, not its version"
+    assert got_r_after == a, "the old handle's bytes changed under it"
+
+
+@pytest.mark.parametrize("what", ["file", "directory"])
+@pytest.mark.parametrize("mode", ["r", "r+"])
+def test_read_handle_after_a_rename_reads_the_rest(s3, bucket, mount, what, mode):
+    """A handle that read the first chunk of old.bin, then the file (or its
+    directory) is renamed through the mount: S3 copies the object and
+    deletes the old key.  The parts not read yet must still read (from the
+    new key), for a read-only handle and an O_RDWR one that has not
+    written."""
+    data = random_bytes(3 * MiB, seed=123)
+    old, new = ("old.bin", "new.bin") if what == "file" else ("d/old.bin", "e/old.bin")
+    s3.put_object(Bucket=bucket, Key=old, Body=data)
+    m = mount(bucket, "read_chunk=1M", "read_ahead=0", "writeback_delay=0.2")
+    with open(m.path / old, mode + "b", buffering=0) as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+        assert os.pread(f.fileno(), 4096, 0) == data[:4096]
+        if what == "file":
+            os.rename(m.path / old, m.path / new)
+        else:
+            os.rename(m.path / "d", m.path / "e")
+        flush(m)
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+        assert old not in keys and new in keys, keys
+        got = os.pread(f.fileno(), MiB, 2 * MiB)
+    assert got == data[2 * MiB:3 * MiB]
+
+
+@pytest.mark.parametrize("how", ["unlinked", "deleted_behind_back"])
+def test_part_never_read_of_a_deleted_object_is_eio(s3, bucket, mount, how):
+    """README: a part never read before the object left S3 is an EIO (not
+    ENOENT, which read(2) callers do not expect); the parts read before
+    still read."""
+    data = random_bytes(3 * MiB, seed=88)
+    s3.put_object(Bucket=bucket, Key="u.bin", Body=data)
+    m = mount(bucket, "read_chunk=1M", "read_ahead=0", "writeback_delay=0.2")
+    fd = os.open(m.path / "u.bin", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 4096, 0) == data[:4096]
+        if how == "unlinked":
+            os.unlink(m.path / "u.bin")
+            flush(m)
+        else:
+            s3.delete_object(Bucket=bucket, Key="u.bin")
+        assert "Contents" not in s3.list_objects_v2(Bucket=bucket)
+        assert os.pread(fd, 4096, 10) == data[10:4106]  # cached
+        with pytest.raises(OSError) as ei:
+            os.pread(fd, 4096, 2 * MiB)
+        assert ei.value.errno == errno.EIO, errno.errorcode[ei.value.errno]
+    finally:
+        os.close(fd)
+
+
+def test_cache_record_with_a_huge_size_costs_a_refetch(s3, bucket, mount):
+    """A damaged record of the read cache (its size field huge) must not
+    stop the next mount (it failed with 'Cannot allocate memory'): the
+    record is dropped and the file fetched again."""
+    data = {f"d{i}.bin": random_bytes(MiB + 100 * i, seed=60 + i) for i in range(3)}
+    put_many(s3, bucket, data, workers=3)
+    m = mount(bucket, "read_chunk=1M", "read_ahead=0")
+    for k, v in data.items():
+        assert read_file(m.path / k) == v
+    m.unmount()
+    metas = list(Path(m.cache_dir).glob("*/data/??/*.meta"))
+    assert len(metas) == 3, metas
+    damaged = 0
+    for meta in metas:
+        t = meta.read_text()
+        t2 = re.sub(r"\nsize \d+\n", "\nsize 9223372036854775807\n", t)
+        damaged += t2 != t
+        meta.write_text(t2)
+    assert damaged == 3
+    m2 = mount(bucket, "read_chunk=1M", "read_ahead=0", cache_dir=m.cache_dir)
+    for k, v in data.items():
+        assert read_file(m2.path / k) == v
