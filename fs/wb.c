@@ -2432,6 +2432,9 @@ static int recover_one(struct wb *wb, const char *name)
 	int rc, jx;
 
 	n = job_text(wb, seq, text, sizeof(text), &jx);
+	if (n == 0 && strstr(name, ".job"))
+		log_warn("journal entry '%s/%s' is empty: ignored (any data of it stays "
+			 "there as %" PRIu64 ".data, not uploaded)", wb->dir, name, seq);
 	if (n <= 0)
 		return n == 0 ? 0 : -EIO;
 	rc = parse_job(wb, seq, text, &j);
@@ -2440,11 +2443,10 @@ static int recover_one(struct wb *wb, const char *name)
 		j->jfile = !jx;
 	}
 	if (rc < 0) {
-		log_warn("ignoring a damaged journal entry %" PRIu64, seq);
+		log_warn("journal entry '%s/%s' is damaged: ignored (any data of it stays "
+			 "there as %" PRIu64 ".data, not uploaded)", wb->dir, name, seq);
 		return rc;
 	}
-	if (seq >= wb->next_seq)
-		wb->next_seq = seq + 1;
 	if (j->data && access(j->data, F_OK) != 0) { /* not uploadable: drop it */
 		log_warn("dropping the journal entry of '%s': its data is gone", j->key);
 		journal_remove(wb, seq, 0);
@@ -2527,6 +2529,11 @@ int wb_recover(struct wb *wb)
 
 		if (!dot || de->d_name[0] < '0' || de->d_name[0] > '9')
 			continue;
+		/* every name in staging, an entry that does not parse too: a new
+		 * file given its number would reopen its data and be shadowed by
+		 * its SEQ.job (lost after the next crash) */
+		if (strtoull(de->d_name, NULL, 10) >= wb->next_seq)
+			wb->next_seq = strtoull(de->d_name, NULL, 10) + 1;
 		/* SEQ.job, or SEQ.data holding its entry in an xattr (not
 		 * both: a SEQ.job wins, and is found under its own name) */
 		if ((strcmp(dot, ".job") == 0 || (strcmp(dot, ".data") == 0 && !has_job_file(wb, de->d_name))) &&

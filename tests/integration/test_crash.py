@@ -563,3 +563,34 @@ def test_crash_collectstatic(s3, bucket, mount, fake, tmp_path):
         collectstatic_round(s3, bucket, mount, fake, proj, want, it)
     report(f"summary of the crash tests run so far: {STATS['rounds']} rounds, "
            f"{STATS['files']} files {STATS['bytes']} bytes verified")
+
+
+class _NoClient:
+    @staticmethod
+    def wait(timeout=None):
+        return 0
+
+
+@pytest.mark.parametrize("damage", [b"cdnfs-job 1\nkind del", b""])
+def test_damaged_journal_entry_never_costs_a_later_file(s3, bucket, mount, damage):
+    """A journal entry damaged (or emptied, as a power cut can leave it) is
+    reported with its path, and its number is never given to a new file:
+    that file's data would be reopened under it and its entry shadowed by
+    the damaged SEQ.job, lost at the next crash although close() returned."""
+    s3.put_object(Bucket=bucket, Key="gone.txt", Body=b"x")
+    m = mount(bucket, "writeback_delay=60", env=CLEAN_ENV)
+    os.unlink(m.path / "gone.txt")  # a DELETE, journaled: SEQ.job
+    kill9(m, _NoClient)
+    (staging,) = Path(m.cache_dir).glob("*/staging")
+    (job,) = staging.glob("*.job")
+    job.write_bytes(damage)
+    m2 = mount(bucket, "writeback_delay=60", env=CLEAN_ENV, cache_dir=m.cache_dir)
+    assert f"journal entry '{job}' is {'damaged' if damage else 'empty'}" in m2.read_log(), \
+        m2.read_log()[-1000:]
+    with open(m2.path / "fresh.txt", "wb") as f:
+        f.write(b"acknowledged")
+    kill9(m2, _NoClient)
+    m3 = mount(bucket, env=CLEAN_ENV, cache_dir=m.cache_dir)
+    flush(m3)
+    got = s3.get_object(Bucket=bucket, Key="fresh.txt")["Body"].read()
+    assert got == b"acknowledged", sorted(p.name for p in staging.iterdir())
