@@ -1367,7 +1367,7 @@ static int op_flush(const char *path, struct fuse_file_info *fi)
 		/* close() returns after FLUSH, the kernel sends RELEASE later
 		 * without waiting: journal now, or a kill -9 in between would
 		 * lose a file whose close() had returned */
-		wb_journal_now(fs->wb, of->job);
+		rc = rc ?: wb_journal_now(fs->wb, of->job);
 		UNLOCK(fs);
 	}
 	return rc;
@@ -1480,9 +1480,25 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 	ops_rename_purge(fs, from, to, 0, 1);
 	UNLOCK(fs);
 	rc = wb_server_copy(fs->wb, buf_str(&fk), buf_str(&tk), &a, etag, &rsize, &compressed);
-	if (rc == 0)
+	if (rc == 0) {
+		/* the copy is in S3: from now on a crash must not replay what was
+		 * queued for to (an upload over the copy, with from deleted: its
+		 * bytes lost) or for from (a chmod of an object about to go) */
+		int held_to, held_from;
+
+		LOCK(fs);
+		held_to = wb_unjournal_queued(fs->wb, buf_str(&tk));
+		held_from = wb_unjournal_queued(fs->wb, buf_str(&fk));
+		UNLOCK(fs);
 		rc = s3_delete(fs->s3, buf_str(&fk));
-	LOCK(fs);
+		LOCK(fs);
+		if (rc < 0 && held_to) /* the rename failed: they stand */
+			wb_rejournal(fs->wb, buf_str(&tk));
+		if (rc < 0 && held_from)
+			wb_rejournal(fs->wb, buf_str(&fk));
+	} else {
+		LOCK(fs);
+	}
 	ops_rename_purge(fs, from, to, 0, 0); /* the copy may have replaced to */
 	if (rc == 0) {
 		/* what was queued for either key (to's upload, from's chmod) must

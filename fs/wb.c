@@ -184,7 +184,7 @@ static int journal_create(const char *path, const char *tmp, const struct buf *b
  * local write, the price of never losing a closed file.  Skipped when the
  * text is what the file already holds (a close or touch that only moved the
  * due time). */
-static void journal_write(struct wb *wb, struct wb_job *j)
+static int journal_write(struct wb *wb, struct wb_job *j)
 {
 	struct buf b, path, tmp;
 	uint64_t sum;
@@ -241,6 +241,7 @@ out:
 	buf_release(&b);
 	buf_release(&path);
 	buf_release(&tmp);
+	return j->werr ? 0 : rc; /* a werr is the writer's to report */
 }
 
 static void journal_remove(struct wb *wb, uint64_t seq, int with_data)
@@ -617,11 +618,32 @@ void wb_touch(struct wb *wb, struct wb_job *j)
 	wake(wb, j->due);
 }
 
-void wb_journal_now(struct wb *wb, struct wb_job *j)
+int wb_journal_now(struct wb *wb, struct wb_job *j)
 {
 	if (j->node)
 		j->a = j->node->a;
-	journal_write(wb, j);
+	return journal_write(wb, j);
+}
+
+int wb_unjournal_queued(struct wb *wb, const char *key)
+{
+	struct wb_job *j = wb_find(wb, key);
+
+	if (!j || wb_in_flight(j) || !j->journaled)
+		return 0;
+	journal_remove(wb, j->seq, 0);
+	j->journaled = 0;
+	j->jx = 0;
+	j->jfile = 0;
+	return 1;
+}
+
+void wb_rejournal(struct wb *wb, const char *key)
+{
+	struct wb_job *j = wb_find(wb, key);
+
+	if (j && !j->journaled)
+		(void)journal_write(wb, j);
 }
 
 void wb_cancel(struct wb *wb, struct wb_job *j)
@@ -666,6 +688,11 @@ int wb_rekey(struct wb *wb, struct wb_job *j, const char *key)
 	if (htab_put(wb->jobs, j->key, j, NULL) < 0)
 		return -ENOMEM;
 	wb_touch(wb, j);
+	/* wb_touch journals only a closed file; an entry already there (closed,
+	 * then opened again) must not go on naming the old key: the rename's
+	 * DELETE of that key, journaled after it, would win at a replay */
+	if (j->writers > 0 && j->journaled)
+		(void)journal_write(wb, j);
 	return 0;
 }
 
@@ -1918,7 +1945,14 @@ static void job_run(void *arg)
 	j->tries++;
 	j->gen_done = s.gen;
 	j->last_err = rc;
-	if (rc < 0) {
+	if (rc == -ENOENT && s.kind == WB_META && !j->cancelled && strcmp(j->key, s.key) == 0) {
+		/* the object is gone (another client deleted it, or a rename
+		 * that a crash cut short did): nothing is left to change, and
+		 * trying again would fail forever */
+		log_warn("'%s' is no longer in S3: its metadata change is dropped", s.key);
+		j->last_err = 0;
+		wb_cancel(wb, j);
+	} else if (rc < 0) {
 		if (s.kind == WB_PUT && !j->cancelled) {
 			/* a PUT that failed may have been applied all the same (a
 			 * timeout or a 5xx after the body went out): the key may hold

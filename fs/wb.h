@@ -118,8 +118,15 @@ void wb_close_writer(struct wb *wb, struct wb_job *j);
 /* A writer count taken without a close to follow (an open that failed, a
  * copy in from S3 done) is given back: the job may be due now. */
 void wb_drop_writer(struct wb *wb, struct wb_job *j);
-/* close() returned: journal j as it stands, even with writers open. Locked. */
-void wb_journal_now(struct wb *wb, struct wb_job *j);
+/* close() returned: journal j as it stands, even with writers open; -errno
+ * when the entry cannot be written (close() must say so).  Locked. */
+int wb_journal_now(struct wb *wb, struct wb_job *j) WUR;
+/* Take the journal entry of key's queued job out (the job stays queued): 1
+ * when there was one.  A rename whose copy is in S3 does so before its
+ * DELETE, so that a crash never replays what the rename replaced; it puts
+ * the entry back (wb_rejournal) when the DELETE fails.  Locked. */
+int wb_unjournal_queued(struct wb *wb, const char *key);
+void wb_rejournal(struct wb *wb, const char *key);
 /* A change happened: bump gen, push due, rewrite the journal. */
 void wb_touch(struct wb *wb, struct wb_job *j);
 /* Drop the job (file removed before upload): data and journal deleted. */

@@ -198,7 +198,14 @@ static int set_header(struct fs *fs, const char *path, const struct hdr_attr *h,
 	if (rc == 0) {
 		wb_key_begin(fs->wb, buf_str(&key), "header change");
 		pthread_mutex_unlock(&fs->lock);
+		/* the purge is journaled before the copy and held until it is
+		 * answered (as a rename's): a crash after S3 applied the copy
+		 * still purges; a failed copy costs one needless purge */
+		cdn_hold(fs->cdn, 1);
+		if (cdn_purge(fs->cdn, path + 1, 0) < 0)
+			log_error("cannot queue the CDN purge of '%s'", path + 1);
 		rc = wb_set_header(fs->wb, buf_str(&key), &a, h->header, v, etag);
+		cdn_hold(fs->cdn, 0);
 		pthread_mutex_lock(&fs->lock);
 		wb_key_end(fs->wb, buf_str(&key));
 	}
@@ -208,8 +215,6 @@ static int set_header(struct fs *fs, const char *path, const struct hdr_attr *h,
 		if (meta_resolve(fs, path, &n) == 0 && !n->job)
 			snprintf(n->etag, sizeof(n->etag), "%s", etag);
 		pthread_mutex_unlock(&fs->lock);
-		if (cdn_purge(fs->cdn, path + 1, 0) < 0)
-			log_error("cannot queue the CDN purge of '%s'", path + 1);
 	}
 	buf_release(&key);
 	return rc;
