@@ -115,7 +115,8 @@ struct fs {
 	struct s3 *s3;
 	struct dcache *dc;
 	struct attrcache *ac;
-	struct wq *io;           /* HEADs, read-ahead, multipart parts */
+	struct wq *io;           /* HEADs, multipart parts, a directory rename's copies */
+	struct wq *reads;        /* read-ahead: never queued behind an upload's parts */
 	struct rules *rules;
 	struct cdn *cdn;         /* NULL: no CDN */
 

@@ -367,10 +367,18 @@ static int start_threads(struct fs *fs)
 {
 	struct dcache_conf dc = { fs->conf.cache_dir, fs->conf.cache_size, fs->conf.read_chunk,
 				  fs->conf.read_ahead };
+	/* read-ahead has threads of its own: on the io pool its chunks waited
+	 * behind every part of a large upload (a 1 MiB read took 11 s behind
+	 * a 64-part one), and a reader cannot fetch a chunk a queued job holds */
+	int nreads = fs->conf.read_ahead > 2 ? 2 * fs->conf.read_ahead : 4;
 	int rc = wq_new(&fs->io, IO_THREADS, "cdnfs-io");
 
+	if (nreads > 64)
+		nreads = 64;
 	if (rc == 0)
-		rc = dcache_open(&fs->dc, &dc, fs->s3, fs->io);
+		rc = wq_new(&fs->reads, nreads, "cdnfs-read");
+	if (rc == 0)
+		rc = dcache_open(&fs->dc, &dc, fs->s3, fs->reads);
 	if (rc == 0)
 		rc = wb_start(fs->wb);
 	if (rc == 0 && fs->cdn)
@@ -386,6 +394,7 @@ static void teardown(struct fs *fs)
 	if (fs->wb)
 		wb_free(fs->wb);
 	wq_free(fs->io);
+	wq_free(fs->reads);
 	dcache_close(fs->dc);
 	attrcache_close(fs->ac);
 	if (fs->root)

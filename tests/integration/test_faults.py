@@ -818,3 +818,42 @@ def test_header_set_on_a_file_of_a_directory_being_renamed_is_not_lost(s3, bucke
     assert header_set == errno.ENOENT or (header_set == "ok" and cc == "max-age=5"), \
         f"setfattr: {header_set}, Cache-Control of dst/x.txt: {cc}"
     assert [k for k in list_keys(s3, bucket) if not k.endswith("/")] == ["dst/x.txt"]
+
+
+def test_read_ahead_is_not_queued_behind_an_uploads_parts(s3, bucket, proxy, mount):
+    """A cold file is read while a large upload's parts are all held at the
+    proxy (more parts than the upload threads).  Read-ahead queued behind
+    those parts, and the reader waited for the chunks it had claimed: the
+    read could not finish until the upload did (a 1 MiB read took 11 s
+    behind a 64-part upload).  It must finish while the parts are held."""
+    cold = random_bytes(24 * MiB, seed=31)
+    s3.put_object(Bucket=bucket, Key="cold.bin", Body=cold)
+    m = fmount(mount, bucket, proxy, "multipart_size=5M", "read_chunk=1M", "read_ahead=8",
+               "timeout=60")
+    assert os.stat(m.path / "cold.bin").st_size == len(cold)  # listed before
+    release = threading.Event()
+    r = proxy.add("hold", op="MPU_PART", count=None, fn=lambda req: release.wait(60))
+    got = {}
+    try:
+        size = 36 * 5 * MiB  # 36 parts: more than the 32 upload threads
+        with open(m.path / "big.bin", "wb") as f:
+            f.truncate(size)  # not written from 0 on: no streaming, all parts at upload
+            block = random_bytes(MiB, seed=32)
+            for _ in range(size // MiB):
+                f.write(block)
+        wait_for(lambda: r.hits >= 32, timeout=30, what="32 parts held at the proxy")
+
+        def reader():
+            got["data"] = read_file(m.path / "cold.bin")
+
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        t.join(20)
+        done = not t.is_alive()
+    finally:
+        release.set()
+    t.join(60)
+    assert done, "the read did not finish while the upload's parts were held"
+    assert got["data"] == cold
+    flush(m)
+    assert s3.head_object(Bucket=bucket, Key="big.bin")["ContentLength"] == size
