@@ -2358,16 +2358,20 @@ static int parse_job(struct wb *wb, uint64_t seq, char *text, struct wb_job **ou
 	const char *p;
 
 	*out = NULL;
-	if ((end = strstr(text, "\nend\n")))
-		end[1] = '\0'; /* a longer older text may follow (journal_rewrite) */
+	/* an entry cut short (a disk fault, a power cut) lacks its end line:
+	 * it must not parse with the fields it lost (existed 0: no purge) */
+	if (!(end = strstr(text, "\nend\n")))
+		return -EINVAL;
+	end[1] = '\0'; /* a longer older text may follow (journal_rewrite) */
 	if (strncmp(text, "cdnfs-job 1\n", 12) != 0 || !(p = strstr(text, "kind ")) ||
 	    sscanf(p, "kind %15s", kind) != 1 || !(p = strstr(text, "\nkey ")) ||
 	    sscanf(p, "\nkey %4199s", key) != 1 || !(p = strstr(text, "\ndata ")) ||
 	    sscanf(p, "\ndata %d", &data) != 1 || !(p = strstr(text, "\nattr ")) ||
-	    sscanf(p, "\nattr %o %u %u %lld %ld %llu", &mode, &uid, &gid, &sec, &nsec, &size) != 6)
+	    sscanf(p, "\nattr %o %u %u %lld %ld %llu", &mode, &uid, &gid, &sec, &nsec, &size) != 6 ||
+	    !(p = strstr(text, "\nexisted ")) ||
+	    (strcmp(kind, "put") != 0 && strcmp(kind, "meta") != 0 && strcmp(kind, "delete") != 0))
 		return -EINVAL;
-	if ((p = strstr(text, "\nexisted ")))
-		existed = strtol(p + 9, NULL, 10) != 0;
+	existed = strtol(p + 9, NULL, 10) != 0;
 	buf_init(&k, 8192);
 	if (s3_url_decode(&k, key, 0) < 0 || !(j = calloc(1, sizeof(*j)))) {
 		buf_release(&k);

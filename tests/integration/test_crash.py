@@ -594,3 +594,25 @@ def test_damaged_journal_entry_never_costs_a_later_file(s3, bucket, mount, damag
     flush(m3)
     got = s3.get_object(Bucket=bucket, Key="fresh.txt")["Body"].read()
     assert got == b"acknowledged", sorted(p.name for p in staging.iterdir())
+
+
+def test_journal_entry_cut_short_is_not_replayed(s3, bucket, mount):
+    """An entry cut short (as a power cut can leave one rewritten in place)
+    that lost its last lines must not parse with what it lost (existed 0:
+    an overwrite that purges nothing): it is reported as damaged and its
+    data kept where it is."""
+    s3.put_object(Bucket=bucket, Key="c.txt", Body=b"old")
+    m = mount(bucket, "writeback_delay=60", "xattr_journal=0", env=CLEAN_ENV)
+    with open(m.path / "c.txt", "wb") as f:
+        f.write(b"new bytes")
+    kill9(m, _NoClient)
+    (staging,) = Path(m.cache_dir).glob("*/staging")
+    (job,) = staging.glob("*.job")
+    text = job.read_bytes()
+    assert b"\nexisted 1\nend\n" in text, text
+    job.write_bytes(text[:text.index(b"\nexisted")])
+    m2 = mount(bucket, env=CLEAN_ENV, cache_dir=m.cache_dir)
+    flush(m2)
+    assert f"journal entry '{job}' is damaged" in m2.read_log(), m2.read_log()[-800:]
+    assert s3.get_object(Bucket=bucket, Key="c.txt")["Body"].read() == b"old"
+    assert (staging / job.name.replace(".job", ".data")).read_bytes() == b"new bytes"
