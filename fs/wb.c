@@ -255,7 +255,9 @@ static void journal_remove(struct wb *wb, uint64_t seq, int with_data)
 	if (job_path(wb, seq, "data", &p) == 0) {
 		if (with_data)
 			unlink(buf_str(&p));
-		else if (wb->xattr) /* the data file lives on (read cache) */
+		else /* the data file lives on (read cache, or held back); its
+		      * entry may be an xattr also with xattr_journal=0 (written
+		      * by an earlier mount) */
 			(void)removexattr(buf_str(&p), JOB_XATTR);
 	}
 	buf_release(&p);
