@@ -1198,8 +1198,38 @@ static int op_read(const char *path, char *buf, size_t size, off_t off,
 	return (int)n;
 }
 
-static int op_write(const char *path, const char *buf, size_t size, off_t off,
-		    struct fuse_file_info *fi)
+/* How a write's bytes get into the staged file at off: bytes or -errno. */
+typedef ssize_t (*put_fn)(int fd, off_t off, void *arg);
+
+struct mem_put {
+	const char *buf;
+	size_t size;
+};
+
+static ssize_t put_mem(int fd, off_t off, void *arg)
+{
+	const struct mem_put *m = arg;
+	ssize_t n = pwrite(fd, m->buf, m->size, off);
+
+	return n < 0 ? -errno : n;
+}
+
+/* The request's bytes as libfuse holds them: in memory, or in a pipe it
+ * spliced the request into, then spliced on into the file (no copy through
+ * this process). */
+static ssize_t put_bufvec(int fd, off_t off, void *arg)
+{
+	struct fuse_bufvec *src = arg;
+	struct fuse_bufvec dst = FUSE_BUFVEC_INIT(fuse_buf_size(src));
+
+	dst.buf[0].flags = (enum fuse_buf_flags)(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+	dst.buf[0].fd = fd;
+	dst.buf[0].pos = off;
+	return fuse_buf_copy(&dst, src, FUSE_BUF_SPLICE_MOVE);
+}
+
+static int write_staged(const char *path, off_t off, struct fuse_file_info *fi, put_fn put,
+			void *arg)
 {
 	struct fs *fs = ctx_fs();
 	struct ofile *of = (struct ofile *)(uintptr_t)fi->fh;
@@ -1214,9 +1244,7 @@ static int op_write(const char *path, const char *buf, size_t size, off_t off,
 			return rc;
 	}
 	pthread_rwlock_rdlock(&of->rw); /* of->fd is set (materialize) under it */
-	n = pwrite(of->fd, buf, size, off);
-	if (n < 0)
-		n = -errno;
+	n = put(of->fd, off, arg);
 	pthread_rwlock_unlock(&of->rw);
 	if (of->orphan)
 		return (int)n;
@@ -1241,6 +1269,20 @@ static int op_write(const char *path, const char *buf, size_t size, off_t off,
 	wb_written(fs->wb, of->job, (uint64_t)off, (uint64_t)n);
 	UNLOCK(fs);
 	return (int)n;
+}
+
+static int op_write(const char *path, const char *buf, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct mem_put m = { buf, size };
+
+	return write_staged(path, off, fi, put_mem, &m);
+}
+
+static int op_write_buf(const char *path, struct fuse_bufvec *buf, off_t off,
+			struct fuse_file_info *fi)
+{
+	return write_staged(path, off, fi, put_bufvec, buf);
 }
 
 static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi)
@@ -1780,6 +1822,8 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 
 	conn->max_write = 1 << 20;
 	conn->max_readahead = 1 << 20;
+	/* FUSE_CAP_SPLICE_READ is on (write_buf): a write's bytes go from the
+	 * request into the staged file by splice, not through a buffer here */
 	cfg->entry_timeout = t;
 	cfg->attr_timeout = t;
 	cfg->negative_timeout = t;
@@ -1791,6 +1835,7 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 
 const struct fuse_operations cdnfs_ops = {
 	.init = op_init,
+	.write_buf = op_write_buf,
 	.getattr = op_getattr,
 	.readdir = op_readdir,
 	.mkdir = op_mkdir,
