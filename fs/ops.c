@@ -1198,41 +1198,16 @@ static int op_read(const char *path, char *buf, size_t size, off_t off,
 	return (int)n;
 }
 
-/* How a write's bytes get into the staged file at off: bytes or -errno. */
-typedef ssize_t (*put_fn)(int fd, off_t off, void *arg);
-
-struct mem_put {
-	const char *buf;
-	size_t size;
-};
-
-static ssize_t put_mem(int fd, off_t off, void *arg)
-{
-	const struct mem_put *m = arg;
-	ssize_t n = pwrite(fd, m->buf, m->size, off);
-
-	return n < 0 ? -errno : n;
-}
-
-/* The request's bytes as libfuse holds them: in memory, or in a pipe it
- * spliced the request into, then spliced on into the file (no copy through
- * this process). */
-static ssize_t put_bufvec(int fd, off_t off, void *arg)
-{
-	struct fuse_bufvec *src = arg;
-	struct fuse_bufvec dst = FUSE_BUFVEC_INIT(fuse_buf_size(src));
-
-	dst.buf[0].flags = (enum fuse_buf_flags)(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
-	dst.buf[0].fd = fd;
-	dst.buf[0].pos = off;
-	return fuse_buf_copy(&dst, src, FUSE_BUF_SPLICE_MOVE);
-}
-
-static int write_staged(const char *path, off_t off, struct fuse_file_info *fi, put_fn put,
-			void *arg)
+/* libfuse calls write_buf, never write, once it exists.  The request's
+ * bytes come in memory, or (FUSE_CAP_SPLICE_READ, on by default with
+ * write_buf) in a pipe the request was spliced into: spliced on into the
+ * staged file, never copied through this process. */
+static int op_write_buf(const char *path, struct fuse_bufvec *buf, off_t off,
+			struct fuse_file_info *fi)
 {
 	struct fs *fs = ctx_fs();
 	struct ofile *of = (struct ofile *)(uintptr_t)fi->fh;
+	struct fuse_bufvec dst = FUSE_BUFVEC_INIT(fuse_buf_size(buf));
 	ssize_t n;
 
 	if (!of->writable)
@@ -1244,7 +1219,10 @@ static int write_staged(const char *path, off_t off, struct fuse_file_info *fi, 
 			return rc;
 	}
 	pthread_rwlock_rdlock(&of->rw); /* of->fd is set (materialize) under it */
-	n = put(of->fd, off, arg);
+	dst.buf[0].flags = (enum fuse_buf_flags)(FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK);
+	dst.buf[0].fd = of->fd;
+	dst.buf[0].pos = off;
+	n = fuse_buf_copy(&dst, buf, FUSE_BUF_SPLICE_MOVE);
 	pthread_rwlock_unlock(&of->rw);
 	if (of->orphan)
 		return (int)n;
@@ -1269,20 +1247,6 @@ static int write_staged(const char *path, off_t off, struct fuse_file_info *fi, 
 	wb_written(fs->wb, of->job, (uint64_t)off, (uint64_t)n);
 	UNLOCK(fs);
 	return (int)n;
-}
-
-static int op_write(const char *path, const char *buf, size_t size, off_t off,
-		    struct fuse_file_info *fi)
-{
-	struct mem_put m = { buf, size };
-
-	return write_staged(path, off, fi, put_mem, &m);
-}
-
-static int op_write_buf(const char *path, struct fuse_bufvec *buf, off_t off,
-			struct fuse_file_info *fi)
-{
-	return write_staged(path, off, fi, put_bufvec, buf);
 }
 
 static int op_truncate(const char *path, off_t size, struct fuse_file_info *fi)
@@ -1522,15 +1486,14 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 	ops_rename_purge(fs, from, to, 0, 1);
 	UNLOCK(fs);
 	rc = wb_server_copy(fs->wb, buf_str(&fk), buf_str(&tk), &a, etag, &rsize, &compressed);
+	LOCK(fs);
 	if (rc == 0) {
 		/* the copy is in S3: from now on a crash must not replay what was
 		 * queued for to (an upload over the copy, with from deleted: its
 		 * bytes lost) or for from (a chmod of an object about to go) */
-		int held_to, held_from;
+		int held_to = wb_unjournal_queued(fs->wb, buf_str(&tk));
+		int held_from = wb_unjournal_queued(fs->wb, buf_str(&fk));
 
-		LOCK(fs);
-		held_to = wb_unjournal_queued(fs->wb, buf_str(&tk));
-		held_from = wb_unjournal_queued(fs->wb, buf_str(&fk));
 		UNLOCK(fs);
 		rc = s3_delete(fs->s3, buf_str(&fk));
 		LOCK(fs);
@@ -1538,8 +1501,6 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 			wb_rejournal(fs->wb, buf_str(&tk));
 		if (rc < 0 && held_from)
 			wb_rejournal(fs->wb, buf_str(&fk));
-	} else {
-		LOCK(fs);
 	}
 	ops_rename_purge(fs, from, to, 0, 0); /* the copy may have replaced to */
 	if (rc == 0) {
@@ -1822,8 +1783,6 @@ static void *op_init(struct fuse_conn_info *conn, struct fuse_config *cfg)
 
 	conn->max_write = 1 << 20;
 	conn->max_readahead = 1 << 20;
-	/* FUSE_CAP_SPLICE_READ is on (write_buf): a write's bytes go from the
-	 * request into the staged file by splice, not through a buffer here */
 	cfg->entry_timeout = t;
 	cfg->attr_timeout = t;
 	cfg->negative_timeout = t;
@@ -1848,7 +1807,6 @@ const struct fuse_operations cdnfs_ops = {
 	.open = op_open,
 	.create = op_create,
 	.read = op_read,
-	.write = op_write,
 	.truncate = op_truncate,
 	.flush = op_flush,
 	.release = op_release,

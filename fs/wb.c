@@ -2566,14 +2566,16 @@ int wb_recover(struct wb *wb)
 	pthread_mutex_lock(&wb->fs->lock);
 	while ((de = readdir(d))) {
 		const char *dot = strrchr(de->d_name, '.');
+		uint64_t seq;
 
 		if (!dot || de->d_name[0] < '0' || de->d_name[0] > '9')
 			continue;
 		/* every name in staging, an entry that does not parse too: a new
 		 * file given its number would reopen its data and be shadowed by
 		 * its SEQ.job (lost after the next crash) */
-		if (strtoull(de->d_name, NULL, 10) >= wb->next_seq)
-			wb->next_seq = strtoull(de->d_name, NULL, 10) + 1;
+		seq = strtoull(de->d_name, NULL, 10);
+		if (seq >= wb->next_seq)
+			wb->next_seq = seq + 1;
 		/* SEQ.job, or SEQ.data holding its entry in an xattr (not
 		 * both: a SEQ.job wins, and is found under its own name) */
 		if ((strcmp(dot, ".job") == 0 || (strcmp(dot, ".data") == 0 && !has_job_file(wb, de->d_name))) &&
