@@ -410,6 +410,24 @@ static void teardown(struct fs *fs)
 	pthread_cond_destroy(&fs->cond);
 }
 
+/* Finish the renames a crash cut short (ops_rename_recover) before the
+ * mount, so that a failure is the start's one-line error, and before the
+ * fork: the copies' threads end with it. */
+static int finish_renames(struct fs *fs)
+{
+	struct wb_rename *r;
+	int rc;
+
+	if (wb_renames(fs->wb, &r) == 0)
+		return 0;
+	if (wq_new(&fs->io, IO_THREADS, "cdnfs-io") < 0)
+		return -ENOMEM;
+	rc = ops_rename_recover(fs);
+	wq_free(fs->io);
+	fs->io = NULL;
+	return rc;
+}
+
 static void on_sigusr1(int sig)
 {
 	(void)sig;
@@ -424,7 +442,7 @@ static int run(struct fs *fs, struct cmdline *cl)
 	int rc = 1, mounted = 0, left;
 
 	if (tree_new_root(fs) < 0 || htab_new(&fs->tombs) < 0 || attrcache_open(&fs->ac, fs->conf.cache_dir) < 0 ||
-	    wb_new(&fs->wb, fs) < 0 || wb_recover(fs->wb) < 0)
+	    wb_new(&fs->wb, fs) < 0 || wb_recover(fs->wb) < 0 || finish_renames(fs) < 0)
 		return 1;
 	if (add_fuse_opts(fs, cl) < 0)
 		return 1;

@@ -1451,7 +1451,7 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 	struct buf fk, tk;
 	struct fattr a;
 	char etag[S3_ETAG_MAX];
-	uint64_t rsize = 0;
+	uint64_t rsize = 0, rseq;
 	int compressed = 0, rc;
 
 	buf_init(&fk, 8192);
@@ -1479,6 +1479,11 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 		rc = RESOLVE_AGAIN;
 		goto out;
 	}
+	/* journaled first: a crash from here on is finished by the next mount,
+	 * which drops what was queued for either key before it (to's upload
+	 * would go over the copy, from's chmod is in a) */
+	if ((rc = wb_rename_begin(fs->wb, buf_str(&fk), buf_str(&tk), 0, &a, &rseq)) < 0)
+		goto out;
 	wb_key_begin(fs->wb, buf_str(&tk), "rename's copy");
 	wb_key_begin(fs->wb, buf_str(&fk), "rename's delete");
 	if (dj)
@@ -1486,22 +1491,8 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 	ops_rename_purge(fs, from, to, 0, 1);
 	UNLOCK(fs);
 	rc = wb_server_copy(fs->wb, buf_str(&fk), buf_str(&tk), &a, etag, &rsize, &compressed);
+	rc = rc ?: s3_delete(fs->s3, buf_str(&fk));
 	LOCK(fs);
-	if (rc == 0) {
-		/* the copy is in S3: from now on a crash must not replay what was
-		 * queued for to (an upload over the copy, with from deleted: its
-		 * bytes lost) or for from (a chmod of an object about to go) */
-		int held_to = wb_unjournal_queued(fs->wb, buf_str(&tk));
-		int held_from = wb_unjournal_queued(fs->wb, buf_str(&fk));
-
-		UNLOCK(fs);
-		rc = s3_delete(fs->s3, buf_str(&fk));
-		LOCK(fs);
-		if (rc < 0 && held_to) /* the rename failed: they stand */
-			wb_rejournal(fs->wb, buf_str(&tk));
-		if (rc < 0 && held_from)
-			wb_rejournal(fs->wb, buf_str(&fk));
-	}
 	ops_rename_purge(fs, from, to, 0, 0); /* the copy may have replaced to */
 	if (rc == 0) {
 		/* what was queued for either key (to's upload, from's chmod) must
@@ -1511,6 +1502,8 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 		wb_cancel_queued(fs->wb, buf_str(&tk));
 		wb_cancel_queued(fs->wb, buf_str(&fk));
 	}
+	/* done, or failed with from whole (what was queued for to stands) */
+	wb_rename_end(fs->wb, rseq);
 	wb_key_end(fs->wb, buf_str(&tk));
 	wb_key_end(fs->wb, buf_str(&fk));
 	if (dj)

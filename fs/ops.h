@@ -12,6 +12,11 @@ extern const struct fuse_operations cdnfs_ops;
 /* rename.c: rename a directory and everything under it (fs->lock held;
  * drops it for the requests). */
 int ops_rename_dir(struct fs *fs, const char *from, const char *to) WUR;
+/* Finish the renames the last stop cut short (wb_recover read them), before
+ * the mount: copy what is still under the old name, delete it (fs->io runs
+ * the copies).  -errno when one fails (it stays journaled; the mount must
+ * not go on).  Unlocked. */
+int ops_rename_recover(struct fs *fs) WUR;
 /* After S3 has done a rename: n (from's node, or NULL when a listing
  * removed it) moved to the path to, or a new node of type there; *out NULL
  * when to's directory is gone.  Never drops the lock.  Locked. */

@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attrcache.h"
 #include "cdn.h"
 #include "log.h"
 #include "ops.h"
@@ -329,7 +330,8 @@ int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 	struct buf sk, dk;
 	struct htab *staged = NULL;
 	struct blocker_ctx bc;
-	int rc = 0, frozen = 0;
+	uint64_t rseq = 0;
+	int rc = 0, frozen = 0, journaled = 0;
 
 	if (strncmp(to, from, strlen(from)) == 0 && to[strlen(from)] == '/')
 		return -EINVAL; /* into itself */
@@ -365,6 +367,10 @@ int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 		goto out;
 	bc = (struct blocker_ctx){ buf_str(&sk), sk.len, (struct wb_job *)staged };
 	wb_foreach(fs->wb, put_keys_cb, &bc);
+	/* a crash from here on is finished by the next mount */
+	if ((rc = wb_rename_begin(fs->wb, buf_str(&sk), buf_str(&dk), 1, NULL, &rseq)) < 0)
+		goto out;
+	journaled = 1;
 	ops_rename_purge(fs, from, to, 1, 1);
 	pthread_mutex_unlock(&fs->lock);
 	rc = move_remote(fs, buf_str(&sk), buf_str(&dk), staged);
@@ -388,6 +394,9 @@ int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 		mark_unlisted(n); /* relist below the new name */
 	}
 out:
+	/* done (the staged jobs journaled under the new name), or failed */
+	if (journaled)
+		wb_rename_end(fs->wb, rseq);
 	if (frozen > 0)
 		wb_thaw(fs->wb, buf_str(&sk));
 	if (frozen > 1)
@@ -396,5 +405,88 @@ out:
 		htab_free(staged, NULL);
 	buf_release(&sk);
 	buf_release(&dk);
+	return rc;
+}
+
+/* The staged jobs under dst (moved there by wb_recover) by their key under
+ * src: move_remote copies none of those. */
+struct staged_ctx {
+	const char *src, *dst;
+	size_t dlen;
+	struct htab *out;
+};
+
+static int staged_cb(struct wb_job *j, void *arg)
+{
+	struct staged_ctx *sc = arg;
+	char *k;
+	int rc;
+
+	if (j->kind != WB_PUT || strncmp(j->key, sc->dst, sc->dlen) != 0)
+		return 0;
+	if (asprintf(&k, "%s%s", sc->src, j->key + sc->dlen) < 0)
+		return 1;
+	rc = htab_put(sc->out, k, j, NULL) < 0;
+	free(k);
+	return rc;
+}
+
+/* Finish one rename the last stop cut short.  Unlocked. */
+static int recover_rename(struct fs *fs, const struct wb_rename *r)
+{
+	char etag[S3_ETAG_MAX];
+	uint64_t rsize;
+	int comp, rc;
+	struct htab *staged = NULL;
+	struct staged_ctx sc = { r->from, r->to, strlen(r->to), NULL };
+
+	if (!r->dir) {
+		struct fattr a = r->a;
+
+		rc = wb_server_copy(fs->wb, r->from, r->to, &a, etag, &rsize, &comp);
+		if (rc == -ENOENT)
+			return 0; /* copied and deleted before the crash */
+		rc = rc ?: s3_delete(fs->s3, r->from);
+		if (rc == 0)
+			attrcache_del(fs->ac, r->from);
+		return rc;
+	}
+	if ((rc = htab_new(&staged)) < 0)
+		return rc;
+	sc.out = staged;
+	pthread_mutex_lock(&fs->lock);
+	if (wb_foreach(fs->wb, staged_cb, &sc))
+		rc = -ENOMEM;
+	pthread_mutex_unlock(&fs->lock);
+	/* copies what is still under the old name (again, for what was copied
+	 * before the crash: the same bytes), then deletes it */
+	rc = rc ?: move_remote(fs, r->from, r->to, staged);
+	htab_free(staged, NULL);
+	return rc;
+}
+
+int ops_rename_recover(struct fs *fs)
+{
+	struct wb_rename *r;
+	size_t n = wb_renames(fs->wb, &r);
+	int rc = 0;
+
+	for (size_t i = 0; i < n && rc == 0; i++) {
+		log_info("finishing the rename of '%s' to '%s' that the last stop cut short",
+			 r[i].from, r[i].to);
+		rc = recover_rename(fs, &r[i]);
+		if (rc < 0) {
+			log_error("cannot finish the rename of '%s' to '%s' that the last stop "
+				  "cut short: %s (kept in the journal for the next mount)",
+				  r[i].from, r[i].to, strerror(-rc));
+			break;
+		}
+		if (!r[i].keep) {
+			pthread_mutex_lock(&fs->lock);
+			wb_rename_end(fs->wb, r[i].seq);
+			pthread_mutex_unlock(&fs->lock);
+		}
+	}
+	wb_renames_done(fs->wb);
 	return rc;
 }

@@ -84,6 +84,8 @@ struct wb {
 	struct htab *busy;      /* key -> what: the writes on their way (fs->lock) */
 	char **frozen;          /* prefixes whose jobs wait (directory renames) */
 	int nfrozen;
+	struct wb_rename *renames; /* cut short by the last stop (wb_recover), by seq */
+	size_t nrenames;
 };
 
 static void stream_kill(struct wb *wb, struct wb_job *j);
@@ -260,6 +262,53 @@ static void journal_remove(struct wb *wb, uint64_t seq, int with_data)
 		      * by an earlier mount) */
 			(void)removexattr(buf_str(&p), JOB_XATTR);
 	}
+	buf_release(&p);
+}
+
+/* A rename is journaled as SEQ.ren from before its first request until its
+ * last (and the rekey of what was staged under it) is done:
+ *   cdnfs-rename 1 / from KEY / to KEY / dir 0|1 / attr ... / end
+ * (KEY URI-encoded; a directory's are its "dir/" prefixes; attr is what a
+ * file's copy carries).  The mount after a crash rolls it forward. */
+int wb_rename_begin(struct wb *wb, const char *from, const char *to, int dir,
+		    const struct fattr *a, uint64_t *seq)
+{
+	struct fattr none = { 0 };
+	struct buf b, path, tmp;
+	int rc;
+
+	if (!a)
+		a = &none;
+	*seq = wb->next_seq++;
+	buf_init(&b, 16384);
+	buf_init(&path, 4096);
+	buf_init(&tmp, 4096);
+	rc = buf_addstr(&b, "cdnfs-rename 1\nfrom ");
+	rc = rc ?: sigv4_uri_encode(&b, from, 1);
+	rc = rc ?: buf_addstr(&b, "\nto ");
+	rc = rc ?: sigv4_uri_encode(&b, to, 1);
+	rc = rc ?: buf_addf(&b, "\ndir %d\nattr %o %u %u %lld %ld %" PRIu64 "\nend\n", dir != 0,
+			    (unsigned)a->mode, (unsigned)a->uid, (unsigned)a->gid,
+			    (long long)a->mtime.tv_sec, a->mtime.tv_nsec, a->size);
+	rc = rc ?: job_path(wb, *seq, "ren", &path);
+	rc = rc ?: job_path(wb, *seq, "tmp", &tmp);
+	rc = rc ?: journal_create(buf_str(&path), buf_str(&tmp), &b);
+	if (rc < 0)
+		log_error("cannot journal the rename of '%s' to '%s': %s", from, to,
+			  strerror(-rc));
+	buf_release(&b);
+	buf_release(&path);
+	buf_release(&tmp);
+	return rc;
+}
+
+void wb_rename_end(struct wb *wb, uint64_t seq)
+{
+	struct buf p;
+
+	buf_init(&p, 4096);
+	if (job_path(wb, seq, "ren", &p) == 0 && unlink(buf_str(&p)) < 0 && errno != ENOENT)
+		log_warn("cannot remove '%s': %s", buf_str(&p), strerror(errno));
 	buf_release(&p);
 }
 
@@ -625,27 +674,6 @@ int wb_journal_now(struct wb *wb, struct wb_job *j)
 	if (j->node)
 		j->a = j->node->a;
 	return journal_write(wb, j);
-}
-
-int wb_unjournal_queued(struct wb *wb, const char *key)
-{
-	struct wb_job *j = wb_find(wb, key);
-
-	if (!j || wb_in_flight(j) || !j->journaled)
-		return 0;
-	journal_remove(wb, j->seq, 0);
-	j->journaled = 0;
-	j->jx = 0;
-	j->jfile = 0;
-	return 1;
-}
-
-void wb_rejournal(struct wb *wb, const char *key)
-{
-	struct wb_job *j = wb_find(wb, key);
-
-	if (j && !j->journaled)
-		(void)journal_write(wb, j);
 }
 
 void wb_cancel(struct wb *wb, struct wb_job *j)
@@ -2330,6 +2358,7 @@ void wb_free(struct wb *wb)
 	for (int i = 0; i < wb->nfrozen; i++)
 		free(wb->frozen[i]);
 	free(wb->frozen);
+	wb_renames_done(wb);
 	pthread_cond_destroy(&wb->cond);
 	free(wb->dir);
 	free(wb);
@@ -2394,6 +2423,141 @@ static int parse_job(struct wb *wb, uint64_t seq, char *text, struct wb_job **ou
 		j->data = NULL;
 	*out = j;
 	return 0;
+}
+
+/* A SEQ.ren entry (wb_rename_begin) into r; -EINVAL when damaged. */
+static int parse_rename(uint64_t seq, char *text, struct wb_rename *r)
+{
+	char from[4200], to[4200];
+	unsigned mode, uid, gid;
+	long long sec;
+	long nsec;
+	unsigned long long size;
+	int dir;
+	char *end, *p;
+	struct buf f, t;
+
+	if (!(end = strstr(text, "\nend\n")))
+		return -EINVAL;
+	end[1] = '\0';
+	if (strncmp(text, "cdnfs-rename 1\n", 15) != 0 || !(p = strstr(text, "\nfrom ")) ||
+	    sscanf(p, "\nfrom %4199s", from) != 1 || !(p = strstr(text, "\nto ")) ||
+	    sscanf(p, "\nto %4199s", to) != 1 || !(p = strstr(text, "\ndir ")) ||
+	    sscanf(p, "\ndir %d", &dir) != 1 || !(p = strstr(text, "\nattr ")) ||
+	    sscanf(p, "\nattr %o %u %u %lld %ld %llu", &mode, &uid, &gid, &sec, &nsec, &size) != 6)
+		return -EINVAL;
+	buf_init(&f, 8192);
+	buf_init(&t, 8192);
+	if (s3_url_decode(&f, from, 0) < 0 || s3_url_decode(&t, to, 0) < 0 || f.len == 0 ||
+	    t.len == 0) {
+		buf_release(&f);
+		buf_release(&t);
+		return -EINVAL;
+	}
+	memset(r, 0, sizeof(*r));
+	r->seq = seq;
+	r->from = buf_detach(&f, NULL);
+	r->to = buf_detach(&t, NULL);
+	r->dir = dir != 0;
+	r->a = (struct fattr){ (mode_t)mode, (uid_t)uid, (gid_t)gid, { (time_t)sec, nsec },
+			       size };
+	return 0;
+}
+
+static int rename_cmp(const void *a, const void *b)
+{
+	uint64_t x = ((const struct wb_rename *)a)->seq, y = ((const struct wb_rename *)b)->seq;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Read every SEQ.ren into wb->renames, in journal order. */
+static void recover_renames(struct wb *wb, DIR *d)
+{
+	struct dirent *de;
+
+	rewinddir(d);
+	while ((de = readdir(d))) {
+		const char *dot = strrchr(de->d_name, '.');
+		char text[16384];
+		struct wb_rename r, *nv;
+		ssize_t n = -1;
+		int fd;
+
+		if (!dot || strcmp(dot, ".ren") != 0 || de->d_name[0] < '0' || de->d_name[0] > '9')
+			continue;
+		fd = openat(dirfd(d), de->d_name, O_RDONLY | O_CLOEXEC);
+		if (fd >= 0) {
+			n = read(fd, text, sizeof(text) - 1);
+			close(fd);
+		}
+		if (n > 0)
+			text[n] = '\0';
+		if (n <= 0 || parse_rename(strtoull(de->d_name, NULL, 10), text, &r) < 0) {
+			log_warn("journal entry '%s/%s' is damaged: ignored (the rename it "
+				 "records is not finished)", wb->dir, de->d_name);
+			continue;
+		}
+		nv = realloc(wb->renames, (wb->nrenames + 1) * sizeof(*nv));
+		if (!nv) {
+			log_error("cannot recover the rename of '%s': out of memory", r.from);
+			free(r.from);
+			free(r.to);
+			continue;
+		}
+		wb->renames = nv;
+		wb->renames[wb->nrenames++] = r;
+	}
+	if (wb->nrenames)
+		qsort(wb->renames, wb->nrenames, sizeof(*wb->renames), rename_cmp);
+}
+
+/* What the renames a crash cut short (rolled forward by the mount) make of
+ * a recovered job: 1 when it is dropped, being older than the rename and of
+ * a key the copy replaces (or of a file's old key: its copy carries the
+ * attributes the pending chmod would have sent); else 0, with a key under a
+ * directory's old name moved (and journaled) under its new one, as the
+ * rename would have done. */
+static int rename_apply(struct wb *wb, struct wb_job *j)
+{
+	for (size_t i = 0; i < wb->nrenames; i++) {
+		struct wb_rename *r = &wb->renames[i];
+		size_t fl = strlen(r->from);
+		char *nk;
+
+		if (j->seq < r->seq &&
+		    (strcmp(j->key, r->to) == 0 || (!r->dir && strcmp(j->key, r->from) == 0)))
+			return 1;
+		if (!r->dir || strncmp(j->key, r->from, fl) != 0)
+			continue;
+		if (asprintf(&nk, "%s%s", r->to, j->key + fl) < 0) {
+			r->keep = 1; /* the next mount tries again */
+			continue;
+		}
+		free(j->key);
+		j->key = nk;
+		j->jsum = 0;
+		if (journal_write(wb, j) < 0)
+			r->keep = 1;
+	}
+	return 0;
+}
+
+size_t wb_renames(struct wb *wb, struct wb_rename **out)
+{
+	*out = wb->renames;
+	return wb->nrenames;
+}
+
+void wb_renames_done(struct wb *wb)
+{
+	for (size_t i = 0; i < wb->nrenames; i++) {
+		free(wb->renames[i].from);
+		free(wb->renames[i].to);
+	}
+	free(wb->renames);
+	wb->renames = NULL;
+	wb->nrenames = 0;
 }
 
 /* Give a recovered PUT/META job a node in the tree. Locked. */
@@ -2493,6 +2657,11 @@ static int recover_one(struct wb *wb, const char *name)
 		job_free(j);
 		return 0;
 	}
+	if (rename_apply(wb, j)) {
+		journal_remove(wb, seq, j->data != NULL);
+		job_free(j);
+		return 0;
+	}
 	old = htab_get(wb->jobs, j->key);
 	if (old && old->seq > seq) { /* a newer entry for the key wins */
 		journal_remove(wb, seq, j->data != NULL);
@@ -2564,6 +2733,8 @@ int wb_recover(struct wb *wb)
 	if (!d)
 		return -errno;
 	pthread_mutex_lock(&wb->fs->lock);
+	recover_renames(wb, d); /* first: they move or drop the jobs */
+	rewinddir(d);
 	while ((de = readdir(d))) {
 		const char *dot = strrchr(de->d_name, '.');
 		uint64_t seq;

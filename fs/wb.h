@@ -90,6 +90,32 @@ void wb_free(struct wb *wb);
 /* Replay the journal into the tree (at mount, before FUSE starts).  Unlocked. */
 int wb_recover(struct wb *wb) WUR;
 
+/* A rename on its way: journaled (STAGING/SEQ.ren) before its first request
+ * and ended after its last, so that the mount after a crash finishes it
+ * (ops_rename_recover).  from and to are keys (a directory's: its "dir/"
+ * prefixes); a is what a file's copy carries (NULL for a directory).
+ * -errno when the entry cannot be written: the rename must not start.
+ * Locked. */
+int wb_rename_begin(struct wb *wb, const char *from, const char *to, int dir,
+		    const struct fattr *a, uint64_t *seq) WUR;
+void wb_rename_end(struct wb *wb, uint64_t seq);
+
+/* A rename the last stop cut short, as wb_recover found it.  The jobs it
+ * read are already what the rename makes of them: those older than it of a
+ * key it replaces are dropped, those under a directory's old name moved to
+ * its new one. */
+struct wb_rename {
+	uint64_t seq;
+	char *from, *to;
+	int dir;
+	struct fattr a;
+	int keep;       /* a job it moved could not be journaled again: the entry
+			 * stays for the next mount */
+};
+/* The renames to roll forward (journal order); wb_renames_done frees them. */
+size_t wb_renames(struct wb *wb, struct wb_rename **out);
+void wb_renames_done(struct wb *wb);
+
 /* A write to j's staged copy failed with err (ENOSPC, EIO): drop its journal
  * entry and hold it back; close, fsync and flush report err.  Locked. */
 void wb_write_failed(struct wb *wb, struct wb_job *j, int err);
@@ -121,12 +147,6 @@ void wb_drop_writer(struct wb *wb, struct wb_job *j);
 /* close() returned: journal j as it stands, even with writers open; -errno
  * when the entry cannot be written (close() must say so).  Locked. */
 int wb_journal_now(struct wb *wb, struct wb_job *j) WUR;
-/* Take the journal entry of key's queued job out (the job stays queued): 1
- * when there was one.  A rename whose copy is in S3 does so before its
- * DELETE, so that a crash never replays what the rename replaced; it puts
- * the entry back (wb_rejournal) when the DELETE fails.  Locked. */
-int wb_unjournal_queued(struct wb *wb, const char *key);
-void wb_rejournal(struct wb *wb, const char *key);
 /* A change happened: bump gen, push due, rewrite the journal. */
 void wb_touch(struct wb *wb, struct wb_job *j);
 /* Drop the job (file removed before upload): data and journal deleted. */

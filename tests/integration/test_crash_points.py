@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -103,9 +104,9 @@ def test_rename_over_a_pending_file_killed_after_the_delete(s3, bucket, proxy, m
 
 
 def test_rename_over_a_pending_file_killed_during_the_copy(s3, bucket, proxy, mount):
-    """The same, killed while the COPY is held (not applied): the rename
-    never happened; S3 ends with the state before it, b's closed bytes
-    included."""
+    """The same, killed while the COPY's answer is held: the rename is
+    journaled, and the next mount finishes it (b's replaced bytes never go
+    up)."""
     put_many(s3, bucket, {"a.txt": b"AAA"})
     m = pmount(mount, bucket, proxy, SLOW)
     write(m.path / "b.txt", b"pending b")
@@ -116,10 +117,142 @@ def test_rename_over_a_pending_file_killed_during_the_copy(s3, bucket, proxy, mo
     t.join(30)
     m2 = pmount(mount, bucket, proxy, cache_dir=m.cache_dir)
     flush(m2)
-    got = state(s3, bucket)
-    # the COPY was forwarded: it may have landed before the kill
-    assert got in ({"a.txt": b"AAA", "b.txt": b"pending b"},
-                   {"a.txt": b"AAA", "b.txt": b"AAA"}), got
+    assert state(s3, bucket) == {"b.txt": b"AAA"}
+    assert "finishing the rename of 'a.txt' to 'b.txt'" in m2.read_log()
+
+
+class Held:
+    """A hold rule's fn: the request waits here, then is dropped (never
+    reaches S3) unless forward() was called."""
+
+    def __init__(self):
+        self.hit = threading.Event()
+        self.go = threading.Event()
+        self.fwd = False
+
+    def __call__(self, req):
+        self.hit.set()
+        self.go.wait(120)
+        if not self.fwd:
+            raise OSError("held request dropped")
+
+    def drop(self):
+        self.go.set()
+
+
+def mode_of(s3, bucket, key):
+    v = s3.head_object(Bucket=bucket, Key=key)["Metadata"]["mode"]
+    return int(v, 8 if v.startswith("0") and len(v) > 1 else 10) & 0o7777
+
+
+def rename_and_kill(m, a, b, h, landed, what):
+    """rename a to b through m; once h holds its request and landed() says
+    the others reached S3, kill -9 and drop the held one."""
+    t = in_thread(lambda: os.rename(m.path / a, m.path / b))
+    assert h.hit.wait(30)
+    wait_for(landed, timeout=30, what=what)
+    kill9(m)
+    h.drop()
+    t.join(30)
+
+
+def test_rename_killed_between_its_copy_and_delete_is_finished(s3, bucket, proxy, mount):
+    """mv a.txt b.txt over an uploaded b.txt, a pending chmod on a.txt:
+    killed with the copy in S3 and the DELETE of a.txt held.  The next mount
+    finishes the rename from its journal entry: b.txt has a's bytes and the
+    mode the copy carried, a.txt is gone."""
+    put_many(s3, bucket, {"a.txt": b"AAA", "b.txt": b"old b"})
+    m = pmount(mount, bucket, proxy, SLOW)
+    os.chmod(m.path / "a.txt", 0o600)
+    h = Held()
+    proxy.add("hold", method="DELETE", key="a.txt", count=1, fn=h)
+    rename_and_kill(m, "a.txt", "b.txt", h, lambda: True, "nothing")
+    assert state(s3, bucket) == {"a.txt": b"AAA", "b.txt": b"AAA"}  # the crash's state
+    m2 = pmount(mount, bucket, proxy, cache_dir=m.cache_dir)
+    flush(m2)
+    assert state(s3, bucket) == {"b.txt": b"AAA"}
+    assert mode_of(s3, bucket, "b.txt") == 0o600
+    assert sorted(os.listdir(m2.path)) == ["b.txt"]
+    assert not list(Path(m.cache_dir).glob("*/staging/*.ren"))
+
+
+def _dir_setup(s3, bucket, mount, proxy, *opts, n=20):
+    pre = {f"d/f{i:02d}.txt": f"file {i}".encode() for i in range(n)}
+    put_many(s3, bucket, pre)
+    m = pmount(mount, bucket, proxy, SLOW, *opts)
+    # closed (acknowledged), its upload still pending under the old name
+    write(m.path / "d" / "pending.txt", b"pending bytes")
+    want = dict(pre, **{"d/pending.txt": b"pending bytes"})
+    return m, {"e/" + k[2:]: v for k, v in want.items()}
+
+
+def under(s3, bucket, prefix):
+    """The keys under prefix (a listing only: requests may be on their way)."""
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return sorted(o["Key"] for p in pages for o in p.get("Contents", []))
+
+
+@pytest.mark.parametrize("held", ["COPY", "DELETE"])
+def test_directory_rename_killed_part_way_is_finished(s3, bucket, proxy, mount, held):
+    """mv d e (20 uploaded files, one pending), killed with every copy but
+    one in S3 (or every delete but one): the next mount finishes the rename
+    (the tree whole under e/, the pending file included, nothing left
+    under d/), where it used to leave the tree split under both names."""
+    m, want = _dir_setup(s3, bucket, mount, proxy)
+    h = Held()
+    if held == "COPY":
+        proxy.add("hold", op="COPY", key="e/f10.txt", count=1, fn=h)
+        landed = lambda: len(under(s3, bucket, "e/")) == 19  # noqa: E731
+    else:
+        proxy.add("hold", method="DELETE", key="d/f10.txt", count=1, fn=h)
+        landed = lambda: under(s3, bucket, "d/") == ["d/f10.txt"]  # noqa: E731
+    rename_and_kill(m, "d", "e", h, landed, f"the other {held} requests")
+    m2 = pmount(mount, bucket, proxy, cache_dir=m.cache_dir)
+    flush(m2)
+    assert state(s3, bucket) == want
+    assert sorted(os.listdir(m2.path)) == ["e"]
+    assert (m2.path / "e" / "pending.txt").read_bytes() == b"pending bytes"
+
+
+def test_rename_the_next_mount_cannot_finish_is_kept(s3, bucket, proxy, mount):
+    """A rename the crash cut short that the next mount cannot finish (S3
+    refuses the DELETE): that mount fails with one line naming it and keeps
+    the entry; the one after finishes it.  A pending file under the old
+    name that the first replay moved stays moved (its entry is a file
+    here: xattr_journal=0)."""
+    m, want = _dir_setup(s3, bucket, mount, proxy, "xattr_journal=0", n=4)
+    h = Held()
+    proxy.add("hold", method="DELETE", key="d/f01.txt", count=1, fn=h)
+    rename_and_kill(m, "d", "e", h, lambda: under(s3, bucket, "d/") == ["d/f01.txt"],
+                    "the other DELETEs")
+    proxy.add("error", method="DELETE", key="d/f01.txt", status=403, code="AccessDenied",
+              count=None)
+    f = mount.fail(bucket, f"endpoint={proxy.endpoint}", "path_style", "timeout=30",
+                   "xattr_journal=0", env=CLEAN_ENV, cache_dir=m.cache_dir)
+    assert f.returncode != 0 and not f.mounted, f
+    assert any("cannot finish the rename of 'd/' to 'e/' that the last stop cut short"
+               in line and "kept in the journal" in line for line in f.lines), f.stderr
+    (job,) = Path(m.cache_dir).glob("*/staging/*.job")
+    assert b"key e/pending.txt\n" in job.read_bytes()
+    proxy.clear()
+    m3 = pmount(mount, bucket, proxy, "xattr_journal=0", cache_dir=m.cache_dir)
+    flush(m3)
+    assert state(s3, bucket) == want
+
+
+def test_damaged_rename_entry_is_reported(s3, bucket, mount):
+    """A rename entry cut short is named in a warning and kept; the mount
+    goes on."""
+    s3.put_object(Bucket=bucket, Key="x.txt", Body=b"x")
+    m = mount(bucket, env=CLEAN_ENV)
+    m.unmount()
+    (staging,) = Path(m.cache_dir).glob("*/staging")
+    ren = staging / "7.ren"
+    ren.write_bytes(b"cdnfs-rename 1\nfrom x.txt\nto y.t")
+    m2 = mount(bucket, env=CLEAN_ENV, cache_dir=m.cache_dir)
+    assert f"journal entry '{ren}' is damaged" in m2.read_log(), m2.read_log()[-800:]
+    assert sorted(os.listdir(m2.path)) == ["x.txt"]
+    assert ren.exists()
 
 
 def test_rename_of_a_file_open_again_after_its_close(s3, bucket, proxy, mount):
