@@ -7,7 +7,7 @@
 set -eu
 
 BUILD_PKGS="make gcc pkg-config libfuse3-dev fuse3 libcurl4-openssl-dev libssl-dev libxml2-dev zlib1g-dev libbrotli-dev"
-TEST_PKGS="ceph-mon ceph-osd radosgw ceph-common uuid-runtime python3 python3-boto3 python3-botocore python3-pytest python3-brotli awscli python3-django attr rsync curl mandoc clang libclang-rt-14-dev valgrind procps psmisc nginx"
+TEST_PKGS="ceph-mon ceph-osd radosgw ceph-common uuid-runtime python3 python3-boto3 python3-botocore python3-pytest python3-brotli awscli python3-django attr rsync curl mandoc clang libclang-rt-14-dev valgrind procps psmisc nginx strace"
 
 case "${1:-build}" in
 build) want="$BUILD_PKGS" ;;
