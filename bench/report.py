@@ -369,9 +369,10 @@ def render(b):
     parts += ["## CPU of the upload steps\n", cpu_md(b),
               "## W6: CDN invalidation\n", w6_md(b),
               "## Where cdnfs's time goes (profiles)\n",
-              "Taken during this run: W1 in an extra untimed collectstatic run; W4's "
-              "write and cold read during the timed runs (perf at 199 Hz on both cores "
-              "costs about 1 %).\n",
+              "Taken during this run, each in an extra, untimed run of its step (the "
+              "profiler's CPU is not charged to cdnfs's timed runs, which the other "
+              "contenders run without it): W1's collectstatic, W4's write and cold "
+              "read.\n",
               profiles_md(b)]
     analysis = B.BENCH / "ANALYSIS.md"
     if analysis.exists():
