@@ -420,8 +420,11 @@ static int finish_renames(struct fs *fs)
 
 	if (wb_renames(fs->wb, &r) == 0)
 		return 0;
-	if (wq_new(&fs->io, IO_THREADS, "cdnfs-io") < 0)
+	if (wq_new(&fs->io, IO_THREADS, "cdnfs-io") < 0) {
+		log_error("cannot finish the renames the last stop cut short: %s",
+			  strerror(ENOMEM));
 		return -ENOMEM;
+	}
 	rc = ops_rename_recover(fs);
 	wq_free(fs->io);
 	fs->io = NULL;

@@ -447,8 +447,10 @@ static int recover_rename(struct fs *fs, const struct wb_rename *r)
 		if (rc == -ENOENT)
 			return 0; /* copied and deleted before the crash */
 		rc = rc ?: s3_delete(fs->s3, r->from);
-		if (rc == 0)
+		if (rc == 0) {
 			attrcache_del(fs->ac, r->from);
+			attrcache_del(fs->ac, r->to); /* what it showed was replaced */
+		}
 		return rc;
 	}
 	if ((rc = htab_new(&staged)) < 0)
@@ -474,18 +476,17 @@ int ops_rename_recover(struct fs *fs)
 	for (size_t i = 0; i < n && rc == 0; i++) {
 		log_info("finishing the rename of '%s' to '%s' that the last stop cut short",
 			 r[i].from, r[i].to);
-		rc = recover_rename(fs, &r[i]);
+		/* keep: a job it moved is not journaled under the new name */
+		rc = r[i].keep ? -EIO : recover_rename(fs, &r[i]);
 		if (rc < 0) {
 			log_error("cannot finish the rename of '%s' to '%s' that the last stop "
 				  "cut short: %s (kept in the journal for the next mount)",
 				  r[i].from, r[i].to, strerror(-rc));
 			break;
 		}
-		if (!r[i].keep) {
-			pthread_mutex_lock(&fs->lock);
-			wb_rename_end(fs->wb, r[i].seq);
-			pthread_mutex_unlock(&fs->lock);
-		}
+		pthread_mutex_lock(&fs->lock);
+		wb_rename_end(fs->wb, r[i].seq);
+		pthread_mutex_unlock(&fs->lock);
 	}
 	wb_renames_done(fs->wb);
 	return rc;

@@ -86,6 +86,17 @@ struct wb {
 	int nfrozen;
 	struct wb_rename *renames; /* cut short by the last stop (wb_recover), by seq */
 	size_t nrenames;
+	struct moved *moved;    /* jobs wb_recover moved under a rename's new name */
+	size_t nmoved;
+};
+
+/* A job a recovered rename moved: journaled again once the staging
+ * directory has been read (a rewrite may create a SEQ.job that the reading
+ * would then find a second time). */
+struct moved {
+	char *key;
+	uint64_t seq;
+	size_t ren; /* index in renames */
 };
 
 static void stream_kill(struct wb *wb, struct wb_job *j);
@@ -275,6 +286,7 @@ int wb_rename_begin(struct wb *wb, const char *from, const char *to, int dir,
 {
 	struct fattr none = { 0 };
 	struct buf b, path, tmp;
+	struct wb_job *jt = wb_find(wb, to), *jf = dir ? NULL : wb_find(wb, from);
 	int rc;
 
 	if (!a)
@@ -287,9 +299,13 @@ int wb_rename_begin(struct wb *wb, const char *from, const char *to, int dir,
 	rc = rc ?: sigv4_uri_encode(&b, from, 1);
 	rc = rc ?: buf_addstr(&b, "\nto ");
 	rc = rc ?: sigv4_uri_encode(&b, to, 1);
-	rc = rc ?: buf_addf(&b, "\ndir %d\nattr %o %u %u %lld %ld %" PRIu64 "\nend\n", dir != 0,
-			    (unsigned)a->mode, (unsigned)a->uid, (unsigned)a->gid,
-			    (long long)a->mtime.tv_sec, a->mtime.tv_nsec, a->size);
+	/* the jobs queued now that the copy replaces (to's upload or marker)
+	 * or carries (from's chmod): the next mount drops them, by number (a
+	 * job moved under to keeps its own) */
+	rc = rc ?: buf_addf(&b, "\ndir %d\nattr %o %u %u %lld %ld %" PRIu64 "\ndrop %" PRIu64
+			    " %" PRIu64 "\nend\n", dir != 0, (unsigned)a->mode, (unsigned)a->uid,
+			    (unsigned)a->gid, (long long)a->mtime.tv_sec, a->mtime.tv_nsec, a->size,
+			    jt ? jt->seq : 0, jf ? jf->seq : 0);
 	rc = rc ?: job_path(wb, *seq, "ren", &path);
 	rc = rc ?: job_path(wb, *seq, "tmp", &tmp);
 	rc = rc ?: journal_create(buf_str(&path), buf_str(&tmp), &b);
@@ -2432,7 +2448,7 @@ static int parse_rename(uint64_t seq, char *text, struct wb_rename *r)
 	unsigned mode, uid, gid;
 	long long sec;
 	long nsec;
-	unsigned long long size;
+	unsigned long long size, d0, d1;
 	int dir;
 	char *end, *p;
 	struct buf f, t;
@@ -2444,7 +2460,8 @@ static int parse_rename(uint64_t seq, char *text, struct wb_rename *r)
 	    sscanf(p, "\nfrom %4199s", from) != 1 || !(p = strstr(text, "\nto ")) ||
 	    sscanf(p, "\nto %4199s", to) != 1 || !(p = strstr(text, "\ndir ")) ||
 	    sscanf(p, "\ndir %d", &dir) != 1 || !(p = strstr(text, "\nattr ")) ||
-	    sscanf(p, "\nattr %o %u %u %lld %ld %llu", &mode, &uid, &gid, &sec, &nsec, &size) != 6)
+	    sscanf(p, "\nattr %o %u %u %lld %ld %llu", &mode, &uid, &gid, &sec, &nsec, &size) != 6 ||
+	    !(p = strstr(text, "\ndrop ")) || sscanf(p, "\ndrop %llu %llu", &d0, &d1) != 2)
 		return -EINVAL;
 	buf_init(&f, 8192);
 	buf_init(&t, 8192);
@@ -2461,6 +2478,8 @@ static int parse_rename(uint64_t seq, char *text, struct wb_rename *r)
 	r->dir = dir != 0;
 	r->a = (struct fattr){ (mode_t)mode, (uid_t)uid, (gid_t)gid, { (time_t)sec, nsec },
 			       size };
+	r->drop[0] = d0;
+	r->drop[1] = d1;
 	return 0;
 }
 
@@ -2513,34 +2532,54 @@ static void recover_renames(struct wb *wb, DIR *d)
 }
 
 /* What the renames a crash cut short (rolled forward by the mount) make of
- * a recovered job: 1 when it is dropped, being older than the rename and of
- * a key the copy replaces (or of a file's old key: its copy carries the
- * attributes the pending chmod would have sent); else 0, with a key under a
- * directory's old name moved (and journaled) under its new one, as the
- * rename would have done. */
+ * a recovered job: 1 when it is dropped, being one the rename's copy
+ * replaces (to's upload) or carries (from's chmod); else 0, with a key
+ * under a directory's old name moved under its new one, as the rename
+ * would have done (journaled by moved_journal). */
 static int rename_apply(struct wb *wb, struct wb_job *j)
 {
 	for (size_t i = 0; i < wb->nrenames; i++) {
 		struct wb_rename *r = &wb->renames[i];
 		size_t fl = strlen(r->from);
+		struct moved *nv;
 		char *nk;
 
-		if (j->seq < r->seq &&
-		    (strcmp(j->key, r->to) == 0 || (!r->dir && strcmp(j->key, r->from) == 0)))
+		if (j->seq == r->drop[0] || j->seq == r->drop[1])
 			return 1;
 		if (!r->dir || strncmp(j->key, r->from, fl) != 0)
 			continue;
-		if (asprintf(&nk, "%s%s", r->to, j->key + fl) < 0) {
-			r->keep = 1; /* the next mount tries again */
+		nv = realloc(wb->moved, (wb->nmoved + 1) * sizeof(*nv));
+		if (!nv || asprintf(&nk, "%s%s", r->to, j->key + fl) < 0) {
+			if (nv)
+				wb->moved = nv;
+			r->keep = 1; /* not finished: the next mount tries again */
 			continue;
 		}
+		wb->moved = nv;
 		free(j->key);
 		j->key = nk;
-		j->jsum = 0;
-		if (journal_write(wb, j) < 0)
-			r->keep = 1;
+		wb->moved[wb->nmoved++] = (struct moved){ strdup(nk), j->seq, i };
 	}
 	return 0;
+}
+
+/* Journal the jobs rename_apply moved, under their new keys (those still
+ * in the table: a newer entry of a key may have replaced one). Locked. */
+static void moved_journal(struct wb *wb)
+{
+	for (size_t i = 0; i < wb->nmoved; i++) {
+		struct moved *mv = &wb->moved[i];
+		struct wb_job *j = mv->key ? htab_get(wb->jobs, mv->key) : NULL;
+
+		if (!mv->key)
+			wb->renames[mv->ren].keep = 1;
+		else if (j && j->seq == mv->seq && (j->jsum = 0, journal_write(wb, j) < 0))
+			wb->renames[mv->ren].keep = 1;
+		free(mv->key);
+	}
+	free(wb->moved);
+	wb->moved = NULL;
+	wb->nmoved = 0;
 }
 
 size_t wb_renames(struct wb *wb, struct wb_rename **out)
@@ -2753,6 +2792,7 @@ int wb_recover(struct wb *wb)
 		    recover_one(wb, de->d_name) > 0)
 			count++;
 	}
+	moved_journal(wb);
 	drop_orphans(wb, d);
 	closedir(d);
 	pthread_mutex_unlock(&wb->fs->lock);

@@ -101,16 +101,17 @@ int wb_rename_begin(struct wb *wb, const char *from, const char *to, int dir,
 void wb_rename_end(struct wb *wb, uint64_t seq);
 
 /* A rename the last stop cut short, as wb_recover found it.  The jobs it
- * read are already what the rename makes of them: those older than it of a
- * key it replaces are dropped, those under a directory's old name moved to
- * its new one. */
+ * read are already what the rename makes of them: those queued when it
+ * began on a key it replaces (or a file's chmod, which its copy carries)
+ * are dropped, those under a directory's old name moved to its new one. */
 struct wb_rename {
 	uint64_t seq;
 	char *from, *to;
 	int dir;
 	struct fattr a;
-	int keep;       /* a job it moved could not be journaled again: the entry
-			 * stays for the next mount */
+	uint64_t drop[2]; /* the jobs dropped (0: none) */
+	int keep;       /* a job it moved could not be journaled again: not
+			 * finished, the mount fails and the entry stays */
 };
 /* The renames to roll forward (journal order); wb_renames_done frees them. */
 size_t wb_renames(struct wb *wb, struct wb_rename **out);

@@ -212,6 +212,7 @@ def test_directory_rename_killed_part_way_is_finished(s3, bucket, proxy, mount, 
     assert state(s3, bucket) == want
     assert sorted(os.listdir(m2.path)) == ["e"]
     assert (m2.path / "e" / "pending.txt").read_bytes() == b"pending bytes"
+    assert not list(Path(m.cache_dir).glob("*/staging/*.ren"))
 
 
 def test_rename_the_next_mount_cannot_finish_is_kept(s3, bucket, proxy, mount):
@@ -219,8 +220,12 @@ def test_rename_the_next_mount_cannot_finish_is_kept(s3, bucket, proxy, mount):
     refuses the DELETE): that mount fails with one line naming it and keeps
     the entry; the one after finishes it.  A pending file under the old
     name that the first replay moved stays moved (its entry is a file
-    here: xattr_journal=0)."""
+    here: xattr_journal=0), and so does the directory's pending chmod (its
+    marker's upload, older than the rename, is not taken for one the
+    rename replaced)."""
     m, want = _dir_setup(s3, bucket, mount, proxy, "xattr_journal=0", n=4)
+    os.chmod(m.path / "d", 0o700)
+    want["e/"] = b""
     h = Held()
     proxy.add("hold", method="DELETE", key="d/f01.txt", count=1, fn=h)
     rename_and_kill(m, "d", "e", h, lambda: under(s3, bucket, "d/") == ["d/f01.txt"],
@@ -232,12 +237,14 @@ def test_rename_the_next_mount_cannot_finish_is_kept(s3, bucket, proxy, mount):
     assert f.returncode != 0 and not f.mounted, f
     assert any("cannot finish the rename of 'd/' to 'e/' that the last stop cut short"
                in line and "kept in the journal" in line for line in f.lines), f.stderr
-    (job,) = Path(m.cache_dir).glob("*/staging/*.job")
-    assert b"key e/pending.txt\n" in job.read_bytes()
+    jobs = b"".join(j.read_bytes() for j in Path(m.cache_dir).glob("*/staging/*.job"))
+    assert b"key e/pending.txt\n" in jobs and b"key e/\n" in jobs, jobs
     proxy.clear()
     m3 = pmount(mount, bucket, proxy, "xattr_journal=0", cache_dir=m.cache_dir)
     flush(m3)
     assert state(s3, bucket) == want
+    assert mode_of(s3, bucket, "e/") == 0o700
+    assert not list(Path(m.cache_dir).glob("*/staging/*.ren"))
 
 
 def test_damaged_rename_entry_is_reported(s3, bucket, mount):
