@@ -565,6 +565,54 @@ def test_crash_collectstatic(s3, bucket, mount, fake, tmp_path):
            f"{STATS['files']} files {STATS['bytes']} bytes verified")
 
 
+# ------------------------------------------------------- directory rename --
+
+def test_crash_directory_rename(s3, bucket, mount, fake):
+    """`mv` of an uploaded directory (120 files in 12 subdirectories, and 5
+    closed files whose uploads are pending) killed a random 0-0.1 s after
+    its first copy is in S3: after the remount the tree is whole under one name, the
+    pending files included, never split between the two (the rename is
+    journaled and the remount finishes it); when mv had returned, under the
+    new one.  One round per 5 writer rounds (at least one)."""
+    for it in range(max(1, ROUNDS // 5)):
+        rng = random.Random(SEED * 7919 + it)
+        src, dst = f"r{it}/d", f"r{it}/e"
+        whole = {f"s{i // 10}/f{i:03d}.txt": f"file {it} {i}".encode() for i in range(120)}
+        for k, v in whole.items():
+            s3.put_object(Bucket=bucket, Key=f"{src}/{k}", Body=v)
+        m = crash_mount(mount, bucket, fake)
+        for i in range(5):
+            whole[f"p{i}.txt"] = f"pending {it} {i}".encode()
+            (m.path / src / f"p{i}.txt").write_bytes(whole[f"p{i}.txt"])
+        delay = rng.uniform(0.0, 0.1)
+        mv = subprocess.Popen(["mv", str(m.path / src), str(m.path / dst)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # the kill lands among the copies or the deletes: a random moment
+        # after the first copy is in S3
+        while mv.poll() is None and not s3_objects(s3, bucket, dst + "/"):
+            time.sleep(0.005)
+        time.sleep(delay)
+        kill9(m, mv)
+        m2 = after_mount(mount, bucket, fake, m.cache_dir)
+        flush(m2)
+        objs = no_markers(s3_objects(s3, bucket, f"r{it}/"))
+        got = {k: s3.get_object(Bucket=bucket, Key=k)["Body"].read() for k in objs}
+        old = {k[len(src) + 1:]: v for k, v in got.items() if k.startswith(src + "/")}
+        new = {k[len(dst) + 1:]: v for k, v in got.items() if k.startswith(dst + "/")}
+        assert (old, new) in ((whole, {}), ({}, whole)), \
+            f"split: {len(old)} files under {src}/, {len(new)} under {dst}/ " \
+            f"(killed {delay:.2f} s in, mv exit {mv.returncode})"
+        if mv.returncode == 0:
+            assert new == whole, "mv had returned 0, yet the tree is under the old name"
+        assert not list(Path(m.cache_dir).glob("*/staging/*.ren"))
+        m2.unmount()
+        count(got, got)
+        STATS["rounds"] += 1
+        report(f"directory rename #{it} killed {delay:.3f} s after its first copy (mv exit "
+               f"{mv.returncode}): {len(whole)} files whole under "
+               f"{'the new' if new else 'the old'} name")
+
+
 class _NoClient:
     @staticmethod
     def wait(timeout=None):
