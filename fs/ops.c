@@ -1452,7 +1452,7 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 	struct fattr a;
 	char etag[S3_ETAG_MAX];
 	uint64_t rsize = 0, rseq;
-	int compressed = 0, rc;
+	int compressed = 0, rc, del_rc;
 
 	buf_init(&fk, 8192);
 	buf_init(&tk, 8192);
@@ -1491,7 +1491,8 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 	ops_rename_purge(fs, from, to, 0, 1);
 	UNLOCK(fs);
 	rc = wb_server_copy(fs->wb, buf_str(&fk), buf_str(&tk), &a, etag, &rsize, &compressed);
-	rc = rc ?: s3_delete(fs->s3, buf_str(&fk));
+	/* the copy is in: a DELETE that fails goes to the write-back below */
+	del_rc = rc == 0 ? s3_delete(fs->s3, buf_str(&fk)) : 0;
 	LOCK(fs);
 	ops_rename_purge(fs, from, to, 0, 0); /* the copy may have replaced to */
 	if (rc == 0) {
@@ -1501,6 +1502,13 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 		 * run out) and the dispatcher would start it over the copy */
 		wb_cancel_queued(fs->wb, buf_str(&tk));
 		wb_cancel_queued(fs->wb, buf_str(&fk));
+		if (del_rc < 0) {
+			log_warn("'%s' is renamed to '%s', but its old object could not be "
+				 "deleted yet (%s): retried in the background", buf_str(&fk),
+				 buf_str(&tk), strerror(-del_rc));
+			if (wb_delete(fs->wb, buf_str(&fk)) < 0)
+				log_error("cannot queue the delete of '%s'", buf_str(&fk));
+		}
 	}
 	/* done, or failed with from whole (what was queued for to stands) */
 	wb_rename_end(fs->wb, rseq);

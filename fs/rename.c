@@ -282,13 +282,19 @@ static int check_dst(struct fs *fs, const char *to)
 }
 
 /* The remote half: copy what S3 has (except keys whose staged data will be
- * uploaded under the new name anyway), then delete the old keys. Unlocked. */
-static int move_remote(struct fs *fs, const char *sk, const char *dk, struct htab *staged)
+ * uploaded under the new name anyway), then delete the old keys.  -errno
+ * when a copy failed (nothing deleted); once every copy is in, the keys
+ * whose DELETE failed are returned in *left (the caller queues them on the
+ * write-back, which retries).  Unlocked. */
+static int move_remote(struct fs *fs, const char *sk, const char *dk, struct htab *staged,
+		       char ***left, size_t *nleft)
 {
 	struct mv_item *v = NULL, *copies = NULL;
 	size_t nv = 0, nc = 0;
 	int rc = list_all(fs, sk, dk, &v, &nv);
 
+	*left = NULL;
+	*nleft = 0;
 	if (rc == 0 && nv) {
 		copies = calloc(nv, sizeof(*copies));
 		rc = copies ? 0 : -ENOMEM;
@@ -299,10 +305,24 @@ static int move_remote(struct fs *fs, const char *sk, const char *dk, struct hta
 	if (rc == 0) {
 		check_in(fs, v, nv, copies, nc);
 		rc = run_all(fs, copies, nc, 0);
-		if (rc == 0)
-			rc = run_all(fs, v, nv, 1);
-		else
+		if (rc == 0) {
+			(void)run_all(fs, v, nv, 1);
+			for (size_t i = 0; i < nv; i++) {
+				char **nl;
+
+				if (v[i].rc == 0)
+					continue;
+				if (!(nl = reallocarray(*left, *nleft + 1, sizeof(*nl)))) {
+					log_error("cannot keep the delete of '%s' for later", v[i].src);
+					continue;
+				}
+				*left = nl;
+				(*left)[(*nleft)++] = v[i].src;
+				v[i].src = NULL;
+			}
+		} else {
 			check_out(fs, v, nv);
+		}
 	}
 	for (size_t i = 0; i < nv; i++) {
 		free(v[i].src);
@@ -311,6 +331,27 @@ static int move_remote(struct fs *fs, const char *sk, const char *dk, struct hta
 	free(v);
 	free(copies);
 	return rc;
+}
+
+/* The old keys whose DELETE failed after every copy was in: deletes on the
+ * write-back (journaled, retried; a flush reports them while they fail).
+ * Frees left.  Locked. */
+static void delete_later(struct fs *fs, const char *from, char **left, size_t n)
+{
+	if (n)
+		log_warn("'%s' is renamed, but %zu object%s under its old name could not be "
+			 "deleted yet (the first: '%s'): retried in the background", from, n,
+			 n == 1 ? "" : "s", left[0]);
+	for (size_t i = 0; i < n; i++) {
+		struct wb_job *j = wb_find(fs->wb, left[i]);
+
+		/* an upload still queued under the old key (the rename could not
+		 * move its node) replaces the object anyway */
+		if (!(j && j->kind == WB_PUT) && wb_delete(fs->wb, left[i]) < 0)
+			log_error("cannot queue the delete of '%s'", left[i]);
+		free(left[i]);
+	}
+	free(left);
 }
 
 void ops_rename_purge(struct fs *fs, const char *from, const char *to, int is_dir, int start)
@@ -331,6 +372,8 @@ int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 	struct htab *staged = NULL;
 	struct blocker_ctx bc;
 	uint64_t rseq = 0;
+	char **left = NULL;
+	size_t nleft = 0;
 	int rc = 0, frozen = 0, journaled = 0;
 
 	if (strncmp(to, from, strlen(from)) == 0 && to[strlen(from)] == '/')
@@ -373,7 +416,7 @@ int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 	journaled = 1;
 	ops_rename_purge(fs, from, to, 1, 1);
 	pthread_mutex_unlock(&fs->lock);
-	rc = move_remote(fs, buf_str(&sk), buf_str(&dk), staged);
+	rc = move_remote(fs, buf_str(&sk), buf_str(&dk), staged, &left, &nleft);
 	pthread_mutex_lock(&fs->lock);
 	ops_rename_purge(fs, from, to, 1, 0); /* some copies or deletes may have gone */
 	if (rc < 0) {
@@ -394,6 +437,9 @@ int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 		mark_unlisted(n); /* relist below the new name */
 	}
 out:
+	/* after the rekey: a DELETE queued for an old key cancels what is
+	 * queued under it, which must have moved to the new name first */
+	delete_later(fs, from, left, nleft);
 	/* done (the staged jobs journaled under the new name), or failed */
 	if (journaled)
 		wb_rename_end(fs->wb, rseq);
@@ -439,6 +485,8 @@ static int recover_rename(struct fs *fs, const struct wb_rename *r)
 	int comp, rc;
 	struct htab *staged = NULL;
 	struct staged_ctx sc = { r->from, r->to, strlen(r->to), NULL };
+	char **left;
+	size_t nleft;
 
 	if (!r->dir) {
 		struct fattr a = r->a;
@@ -446,12 +494,23 @@ static int recover_rename(struct fs *fs, const struct wb_rename *r)
 		rc = wb_server_copy(fs->wb, r->from, r->to, &a, etag, &rsize, &comp);
 		if (rc == -ENOENT)
 			return 0; /* copied and deleted before the crash */
-		rc = rc ?: s3_delete(fs->s3, r->from);
-		if (rc == 0) {
-			attrcache_del(fs->ac, r->from);
-			attrcache_del(fs->ac, r->to); /* what it showed was replaced */
+		if (rc < 0)
+			return rc;
+		attrcache_del(fs->ac, r->from);
+		attrcache_del(fs->ac, r->to); /* what it showed was replaced */
+		if (s3_delete(fs->s3, r->from) < 0) {
+			char *k = strdup(r->from), **one = k ? malloc(sizeof(*one)) : NULL;
+
+			if (!one) {
+				free(k);
+				return -ENOMEM;
+			}
+			one[0] = k;
+			pthread_mutex_lock(&fs->lock);
+			delete_later(fs, r->from, one, 1);
+			pthread_mutex_unlock(&fs->lock);
 		}
-		return rc;
+		return 0;
 	}
 	if ((rc = htab_new(&staged)) < 0)
 		return rc;
@@ -462,8 +521,11 @@ static int recover_rename(struct fs *fs, const struct wb_rename *r)
 	pthread_mutex_unlock(&fs->lock);
 	/* copies what is still under the old name (again, for what was copied
 	 * before the crash: the same bytes), then deletes it */
-	rc = rc ?: move_remote(fs, r->from, r->to, staged);
+	rc = rc ?: move_remote(fs, r->from, r->to, staged, &left, &nleft);
 	htab_free(staged, NULL);
+	pthread_mutex_lock(&fs->lock);
+	delete_later(fs, r->from, left, nleft);
+	pthread_mutex_unlock(&fs->lock);
 	return rc;
 }
 

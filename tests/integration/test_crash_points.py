@@ -217,7 +217,7 @@ def test_directory_rename_killed_part_way_is_finished(s3, bucket, proxy, mount, 
 
 def test_rename_the_next_mount_cannot_finish_is_kept(s3, bucket, proxy, mount):
     """A rename the crash cut short that the next mount cannot finish (S3
-    refuses the DELETE): that mount fails with one line naming it and keeps
+    refuses a copy): that mount fails with one line naming it and keeps
     the entry; the one after finishes it.  A pending file under the old
     name that the first replay moved stays moved (its entry is a file
     here: xattr_journal=0), and so does the directory's pending chmod (its
@@ -230,7 +230,8 @@ def test_rename_the_next_mount_cannot_finish_is_kept(s3, bucket, proxy, mount):
     proxy.add("hold", method="DELETE", key="d/f01.txt", count=1, fn=h)
     rename_and_kill(m, "d", "e", h, lambda: under(s3, bucket, "d/") == ["d/f01.txt"],
                     "the other DELETEs")
-    proxy.add("error", method="DELETE", key="d/f01.txt", status=403, code="AccessDenied",
+    # the next mount copies what is left under d/ again: refused
+    proxy.add("error", op="COPY", key="e/f01.txt", status=403, code="AccessDenied",
               count=None)
     f = mount.fail(bucket, f"endpoint={proxy.endpoint}", "path_style", "timeout=30",
                    "xattr_journal=0", env=CLEAN_ENV, cache_dir=m.cache_dir)
@@ -245,6 +246,35 @@ def test_rename_the_next_mount_cannot_finish_is_kept(s3, bucket, proxy, mount):
     assert state(s3, bucket) == want
     assert mode_of(s3, bucket, "e/") == 0o700
     assert not list(Path(m.cache_dir).glob("*/staging/*.ren"))
+
+
+@pytest.mark.parametrize("what", ["file", "directory"])
+def test_rename_whose_delete_fails_completes(s3, bucket, proxy, mount, what):
+    """Every copy of a rename is in S3 but a DELETE of an old key is
+    refused: the rename succeeds (the new name is whole) and the old key's
+    delete goes to the write-back, which retries it; a flush reports it
+    while it fails, and the old name is gone once S3 takes it.  It used to
+    fail with EIO, the tree still showing the old name, with the objects
+    already deleted only under the new one."""
+    m, want = _dir_setup(s3, bucket, mount, proxy, n=4)
+    if what == "file":
+        src, dst, bad = "d/f01.txt", "d/g01.txt", "d/f01.txt"
+        want = {k.replace("e/", "d/"): v for k, v in want.items()}
+        want["d/g01.txt"] = want.pop("d/f01.txt")
+    else:
+        src, dst, bad = "d", "e", "d/f02.txt"
+    proxy.add("error", method="DELETE", key=bad, status=403, code="AccessDenied",
+              count=None)
+    os.rename(m.path / src, m.path / dst)
+    assert "could not be deleted yet" in m.read_log()
+    with pytest.raises(OSError):
+        flush(m)
+    assert bad in state(s3, bucket)
+    proxy.clear()
+    flush(m)
+    assert state(s3, bucket) == want
+    top = sorted(os.listdir(m.path / "d")) if what == "file" else sorted(os.listdir(m.path))
+    assert top == (sorted(k[2:] for k in want) if what == "file" else ["e"])
 
 
 def test_damaged_rename_entry_is_reported(s3, bucket, mount):
