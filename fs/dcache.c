@@ -711,6 +711,24 @@ static int entry_open(struct dcache *dc, struct dc_entry *e, int trunc)
 	return fd < 0 ? fd : 0;
 }
 
+int dcache_other_version_held(struct dcache *dc, const char *key, const char *etag)
+{
+	char hash[DC_HASH_LEN + 1];
+	const struct dc_entry *e;
+	int held = 0;
+
+	if (key_hash(key, hash) < 0)
+		return 0;
+	pthread_mutex_lock(&dc->lock);
+	e = htab_get(dc->index, hash);
+	held = e && e->refs > 0 && strcmp(e->etag, etag ? etag : "") != 0;
+	for (e = dc->doomed.head; e && !held; e = e->next)
+		held = e->refs > 0 && strcmp(e->hash, hash) == 0 &&
+		       strcmp(e->etag, etag ? etag : "") != 0;
+	pthread_mutex_unlock(&dc->lock);
+	return held;
+}
+
 int dcache_get(struct dcache *dc, const char *key, const char *etag, uint64_t size,
 	       int compressed, struct dc_file **out)
 {

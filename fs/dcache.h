@@ -66,6 +66,12 @@ void dcache_close(struct dcache *dc);
  * with dcache_put. */
 int dcache_get(struct dcache *dc, const char *key, const char *etag, uint64_t size,
 	       int compressed, struct dc_file **out) WUR;
+
+/* Is a copy of key of a version other than etag held open (by a handle
+ * opened before the object changed)?  Its reader fills the kernel's page
+ * cache of the file, which a handle on etag would share: that one must
+ * bypass it (direct_io). */
+int dcache_other_version_held(struct dcache *dc, const char *key, const char *etag);
 void dcache_put(struct dc_file *f);
 
 /* Read up to len bytes at off, fetching what is missing.  Returns bytes read

@@ -50,6 +50,7 @@ struct ofile {
 	int lazy;             /* opened for write, nothing written yet */
 	int orphan;           /* fd is a private copy: the name went before the first write */
 	int keep_cache;       /* same version as the last open: keep page cache */
+	int direct_io;        /* bypass the page cache (another version is open) */
 	struct version v;     /* the version dc holds; lazy: the one to read or copy in
 			       * (etag "" once it reads another handle's staged copy) */
 	struct stat st;       /* at open: for a handle whose name is gone */
@@ -944,9 +945,13 @@ static int open_read(struct fs *fs, const char *path, struct ofile *of)
 	rc = version_of(fs, n, &v);
 	if (rc < 0)
 		return rc;
-	/* the kernel may keep its page cache when the object did not change */
-	of->keep_cache = n->kc_hash == hash_str(v.etag);
-	n->kc_hash = hash_str(v.etag);
+	/* the kernel may keep its page cache when the object did not change;
+	 * while a handle on another version is open (and fills that cache
+	 * with its bytes) this one bypasses it, and the next open after
+	 * drops it */
+	of->direct_io = dcache_other_version_held(fs->dc, v.key, v.etag);
+	of->keep_cache = !of->direct_io && n->kc_hash == hash_str(v.etag);
+	n->kc_hash = of->direct_io ? 0 : hash_str(v.etag);
 	log_debug("open '%s': etag %s, %llu bytes%s", path, v.etag, (unsigned long long)v.size,
 		  of->keep_cache ? ", kernel cache kept" : "");
 	UNLOCK(fs);
@@ -1012,6 +1017,7 @@ static int op_open(const char *path, struct fuse_file_info *fi)
 	}
 	fi->fh = (uint64_t)(uintptr_t)of;
 	fi->keep_cache = (unsigned)of->keep_cache;
+	fi->direct_io = (unsigned)of->direct_io;
 	return 0;
 }
 

@@ -571,3 +571,36 @@ def test_cache_record_with_a_huge_size_costs_a_refetch(s3, bucket, mount):
     m2 = mount(bucket, "read_chunk=1M", "read_ahead=0", cache_dir=m.cache_dir)
     for k, v in data.items():
         assert read_file(m2.path / k) == v
+
+
+def test_two_handles_on_two_versions_never_share_pages(s3, bucket, mount):
+    """R holds version A of a file open; another client replaces the object
+    with B (same size); R2 opens B while R is open.  R's reads fill the
+    kernel's page cache of the file (one per inode, not per handle), so R2
+    bypasses it (direct_io) and reads B, never A's pages; once R is closed,
+    the next open drops the cache and reads B too.  (Read-cache review F2:
+    R2 used to read A.)"""
+    size = 256 * 1024
+    a = random_bytes(size, seed=201)
+    b = random_bytes(size, seed=202)
+    s3.put_object(Bucket=bucket, Key="pc.bin", Body=a)
+    m = mount(bucket, "stat_ttl=1")
+    p = m.path / "pc.bin"
+    r = os.open(p, os.O_RDONLY)
+    try:
+        assert os.pread(r, 4096, 0) == a[:4096]
+        s3.put_object(Bucket=bucket, Key="pc.bin", Body=b)
+        time.sleep(1.5)
+        os.listdir(m.path)
+        r2 = os.open(p, os.O_RDONLY)
+        try:
+            got_r = os.pread(r, size, 0)
+            got_r2 = os.pread(r2, size, 0)
+        finally:
+            os.close(r2)
+    finally:
+        os.close(r)
+    assert got_r in (a, b)  # the old handle: its version (or, followed, the new one)
+    assert got_r2 == b, "a handle opened on the new version read the old one"
+    with open(p, "rb") as f:
+        assert f.read() == b
