@@ -278,9 +278,10 @@ static void journal_remove(struct wb *wb, uint64_t seq, int with_data)
 
 /* A rename is journaled as SEQ.ren from before its first request until its
  * last (and the rekey of what was staged under it) is done:
- *   cdnfs-rename 1 / from KEY / to KEY / dir 0|1 / attr ... / end
+ *   cdnfs-rename 1 / from KEY / to KEY / dir 0|1 / attr ... / drop N N / end
  * (KEY URI-encoded; a directory's are its "dir/" prefixes; attr is what a
- * file's copy carries).  The mount after a crash rolls it forward. */
+ * file's copy carries; drop the numbers of the jobs it makes obsolete, 0
+ * for none).  The mount after a crash rolls it forward. */
 int wb_rename_begin(struct wb *wb, const char *from, const char *to, int dir,
 		    const struct fattr *a, uint64_t *seq)
 {
