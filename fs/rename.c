@@ -485,8 +485,8 @@ static int recover_rename(struct fs *fs, const struct wb_rename *r)
 	int comp, rc;
 	struct htab *staged = NULL;
 	struct staged_ctx sc = { r->from, r->to, strlen(r->to), NULL };
-	char **left;
-	size_t nleft;
+	char **left = NULL;
+	size_t nleft = 0;
 
 	if (!r->dir) {
 		struct fattr a = r->a;

@@ -2547,7 +2547,11 @@ static int rename_apply(struct wb *wb, struct wb_job *j)
 
 		if (j->seq == r->drop[0] || j->seq == r->drop[1])
 			return 1;
-		if (!r->dir || strncmp(j->key, r->from, fl) != 0)
+		/* a DELETE newer than the rename is one of its own (an old key
+		 * whose DELETE failed, left to the write-back): it stays on the
+		 * old key, never on the copy */
+		if (!r->dir || strncmp(j->key, r->from, fl) != 0 ||
+		    (j->kind == WB_DELETE && j->seq > r->seq))
 			continue;
 		nv = realloc(wb->moved, (wb->nmoved + 1) * sizeof(*nv));
 		if (!nv || asprintf(&nk, "%s%s", r->to, j->key + fl) < 0) {
