@@ -1509,11 +1509,9 @@ static int rename_remote(struct fs *fs, const char *from, const char *to)
 		wb_cancel_queued(fs->wb, buf_str(&tk));
 		wb_cancel_queued(fs->wb, buf_str(&fk));
 		if (del_rc < 0) {
-			log_warn("'%s' is renamed to '%s', but its old object could not be "
-				 "deleted yet (%s): retried in the background", buf_str(&fk),
-				 buf_str(&tk), strerror(-del_rc));
-			if (wb_delete(fs->wb, buf_str(&fk)) < 0)
-				log_error("cannot queue the delete of '%s'", buf_str(&fk));
+			const char *k = buf_str(&fk);
+
+			ops_delete_later(fs, k, &k, 1);
 		}
 	}
 	/* done, or failed with from whole (what was queued for to stands) */

@@ -12,6 +12,11 @@ extern const struct fuse_operations cdnfs_ops;
 /* rename.c: rename a directory and everything under it (fs->lock held;
  * drops it for the requests). */
 int ops_rename_dir(struct fs *fs, const char *from, const char *to) WUR;
+/* A rename's copies are in S3 but the DELETEs of these old keys failed:
+ * they go to the write-back (journaled, retried; a flush reports them while
+ * they fail), with one warning naming from.  Call after what was queued
+ * under the old keys moved to the new ones.  Locked. */
+void ops_delete_later(struct fs *fs, const char *from, const char *const *keys, size_t n);
 /* Finish the renames the last stop cut short (wb_recover read them), before
  * the mount: copy what is still under the old name, delete it (fs->io runs
  * the copies).  -errno when one fails (it stays journaled; the mount must

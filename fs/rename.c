@@ -333,25 +333,27 @@ static int move_remote(struct fs *fs, const char *sk, const char *dk, struct hta
 	return rc;
 }
 
-/* The old keys whose DELETE failed after every copy was in: deletes on the
- * write-back (journaled, retried; a flush reports them while they fail).
- * Frees left.  Locked. */
-static void delete_later(struct fs *fs, const char *from, char **left, size_t n)
+void ops_delete_later(struct fs *fs, const char *from, const char *const *keys, size_t n)
 {
 	if (n)
 		log_warn("'%s' is renamed, but %zu object%s under its old name could not be "
 			 "deleted yet (the first: '%s'): retried in the background", from, n,
-			 n == 1 ? "" : "s", left[0]);
+			 n == 1 ? "" : "s", keys[0]);
 	for (size_t i = 0; i < n; i++) {
-		struct wb_job *j = wb_find(fs->wb, left[i]);
+		struct wb_job *j = wb_find(fs->wb, keys[i]);
 
 		/* an upload still queued under the old key (the rename could not
 		 * move its node) replaces the object anyway */
-		if (!(j && j->kind == WB_PUT) && wb_delete(fs->wb, left[i]) < 0)
-			log_error("cannot queue the delete of '%s'", left[i]);
-		free(left[i]);
+		if (!(j && j->kind == WB_PUT) && wb_delete(fs->wb, keys[i]) < 0)
+			log_error("cannot queue the delete of '%s'", keys[i]);
 	}
-	free(left);
+}
+
+static void free_keys(char **v, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
 }
 
 void ops_rename_purge(struct fs *fs, const char *from, const char *to, int is_dir, int start)
@@ -439,7 +441,8 @@ int ops_rename_dir(struct fs *fs, const char *from, const char *to)
 out:
 	/* after the rekey: a DELETE queued for an old key cancels what is
 	 * queued under it, which must have moved to the new name first */
-	delete_later(fs, from, left, nleft);
+	ops_delete_later(fs, from, (const char *const *)left, nleft);
+	free_keys(left, nleft);
 	/* done (the staged jobs journaled under the new name), or failed */
 	if (journaled)
 		wb_rename_end(fs->wb, rseq);
@@ -499,15 +502,8 @@ static int recover_rename(struct fs *fs, const struct wb_rename *r)
 		attrcache_del(fs->ac, r->from);
 		attrcache_del(fs->ac, r->to); /* what it showed was replaced */
 		if (s3_delete(fs->s3, r->from) < 0) {
-			char *k = strdup(r->from), **one = k ? malloc(sizeof(*one)) : NULL;
-
-			if (!one) {
-				free(k);
-				return -ENOMEM;
-			}
-			one[0] = k;
 			pthread_mutex_lock(&fs->lock);
-			delete_later(fs, r->from, one, 1);
+			ops_delete_later(fs, r->from, (const char *const *)&r->from, 1);
 			pthread_mutex_unlock(&fs->lock);
 		}
 		return 0;
@@ -524,8 +520,9 @@ static int recover_rename(struct fs *fs, const struct wb_rename *r)
 	rc = rc ?: move_remote(fs, r->from, r->to, staged, &left, &nleft);
 	htab_free(staged, NULL);
 	pthread_mutex_lock(&fs->lock);
-	delete_later(fs, r->from, left, nleft);
+	ops_delete_later(fs, r->from, (const char *const *)left, nleft);
 	pthread_mutex_unlock(&fs->lock);
+	free_keys(left, nleft);
 	return rc;
 }
 
